@@ -1,0 +1,98 @@
+"""Activity intervals that keep activity reporting within what the hub can absorb.
+
+Why: every single-user server POSTs its activity to the hub API every
+``JUPYTERHUB_ACTIVITY_INTERVAL`` seconds, and every ``JupyterHub.last_activity_interval``
+seconds the hub fetches all proxy routes and writes the activity it finds to its database.
+Both costs grow with the number of running servers; on a large hub, JupyterHub's defaults
+(300 s each) turn into a steady storm of API requests and database writes on a
+single-process hub.
+
+The formula (pure, documented in docs/activity.md):
+
+- ``N`` expected concurrent servers, ``B`` activity requests per second the hub should absorb,
+  split between the two sources by ``singleuser_share`` (default 1/2).
+- single-user interval = ``N / (B * singleuser_share)``; hub interval
+  = ``N / (B * (1 - singleuser_share))`` (the hub's poll writes up to one row per server);
+  both rounded up to whole multiples of 30 s, never below JupyterHub's own default of 300 s,
+  and at most ``max_interval``. If the cap binds, the budget is not met and that is reported.
+- ``activity_resolution`` = a tenth of the single-user interval, never below JupyterHub's
+  default of 30 s: updates closer together than that are not written to the database.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: JupyterHub's defaults, which tuning never goes below.
+DEFAULT_SINGLEUSER_INTERVAL = 300
+DEFAULT_HUB_INTERVAL = 300
+DEFAULT_RESOLUTION = 30
+ROUNDING = 30
+
+
+@dataclass(frozen=True)
+class ActivitySettings:
+    """The three settings, and what they cost the hub at the expected number of servers."""
+
+    singleuser_interval: int
+    """``JUPYTERHUB_ACTIVITY_INTERVAL`` in each single-user server's environment (s)."""
+    hub_interval: int
+    """``JupyterHub.last_activity_interval`` (s)."""
+    activity_resolution: int
+    """``JupyterHub.activity_resolution`` (s)."""
+    expected_rate: float
+    """Activity requests/writes per second the hub sees with these settings."""
+    budget_met: bool
+    """False when ``max_interval`` kept an interval below what the budget needs."""
+
+
+def _interval(servers: int, rate: float, floor: int, cap: int) -> tuple[int, bool]:
+    needed = servers / rate
+    rounded = max(floor, ROUNDING * math.ceil(needed / ROUNDING))
+    return min(rounded, cap), rounded <= cap
+
+
+def tune_activity(
+    expected_servers: int,
+    budget_per_second: float,
+    *,
+    singleuser_share: float = 0.5,
+    max_interval: int = 3600,
+) -> ActivitySettings:
+    """Compute activity settings for ``expected_servers`` within ``budget_per_second``.
+
+    Raises ValueError naming the argument for a negative server count, a budget that is not
+    positive, a share outside (0, 1) or a cap below JupyterHub's defaults.
+    """
+    if isinstance(expected_servers, bool) or not isinstance(expected_servers, int):
+        raise ValueError(f"expected_servers must be a whole number, got {expected_servers!r}")
+    if expected_servers < 0:
+        raise ValueError(f"expected_servers must be >= 0, got {expected_servers}")
+    if not budget_per_second > 0 or math.isinf(budget_per_second):
+        raise ValueError(
+            f"activity budget must be a positive number of requests per second, "
+            f"got {budget_per_second!r}"
+        )
+    if not 0 < singleuser_share < 1:
+        raise ValueError(f"singleuser_share must be between 0 and 1, got {singleuser_share!r}")
+    if max_interval < DEFAULT_SINGLEUSER_INTERVAL:
+        raise ValueError(
+            f"max_interval must be at least JupyterHub's default of "
+            f"{DEFAULT_SINGLEUSER_INTERVAL} s, got {max_interval}"
+        )
+    singleuser, su_met = _interval(
+        expected_servers,
+        budget_per_second * singleuser_share,
+        DEFAULT_SINGLEUSER_INTERVAL,
+        max_interval,
+    )
+    hub, hub_met = _interval(
+        expected_servers,
+        budget_per_second * (1 - singleuser_share),
+        DEFAULT_HUB_INTERVAL,
+        max_interval,
+    )
+    resolution = max(DEFAULT_RESOLUTION, singleuser // 10)
+    rate = expected_servers / singleuser + expected_servers / hub
+    return ActivitySettings(singleuser, hub, resolution, rate, su_met and hub_met)

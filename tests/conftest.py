@@ -1,0 +1,60 @@
+"""Fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+OFFLINE_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: offline
+  cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}
+users:
+- name: offline
+  user: {token: not-used}
+contexts:
+- name: offline
+  context: {cluster: offline, user: offline, namespace: default}
+current-context: offline
+"""
+
+
+@pytest.fixture(scope="session")
+def offline_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A kubeconfig that KubeSpawner can load without a cluster.
+
+    KubeSpawner loads its client configuration when a spawner is constructed, even when a
+    test only builds pod manifests (which makes no API call). The server address is a closed
+    loopback port, so a test that did call the API would fail loudly rather than reach
+    anything.
+    """
+    path = tmp_path_factory.mktemp("kube") / "config"
+    path.write_text(OFFLINE_KUBECONFIG)
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = old
+
+
+@pytest.fixture
+def make_spawner(offline_kubeconfig: Path) -> Callable[..., object]:
+    """Build a real ResilientKubeSpawner (with KubeSpawner's mock user and hub) from traits."""
+    from traitlets.config import Config
+
+    from hub_resilience.spawner import ResilientKubeSpawner
+
+    def factory(config: dict | None = None, **traits: object) -> ResilientKubeSpawner:
+        c = Config()
+        for name, value in (config or {}).items():
+            c.ResilientKubeSpawner[name] = value
+        return ResilientKubeSpawner(_mock=True, config=c, **traits)
+
+    return factory
