@@ -13,13 +13,39 @@ has the finished pod:
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from traitlets import Any as AnyTrait
 from traitlets import CaselessStrEnum, Float, Integer, TraitError, validate
 
-from hub_resilience import activity, qos
+from hub_resilience import activity, metrics, qos, spawn_phases
+from hub_resilience.backoff import BackoffPolicy, parse_retry_after
+from hub_resilience.hub_metrics import ensure_event_loop_lag_monitor, register_hub_collectors
+
+#: Kubernetes API answers worth retrying: throttling and transient server errors.
+RETRY_REASONS = {
+    429: "throttled",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+
+
+@dataclass
+class SpawnTiming:
+    """Monotonic timestamps of one spawn, for the phases the spawner measures itself."""
+
+    requested: float
+    first_create: float | None = None
+    running: float | None = None
+    attempts: int = 0
 
 
 class ResilientKubeSpawner(KubeSpawner):
@@ -106,6 +132,40 @@ class ResilientKubeSpawner(KubeSpawner):
         """,
     )
 
+    k8s_retry_base = Float(
+        0.5,
+        config=True,
+        help="""
+        Base delay, in seconds, of the full-jitter exponential backoff used when the
+        Kubernetes API answers 429 (throttled) or 5xx without a Retry-After header.
+        """,
+    )
+
+    k8s_retry_cap = Float(
+        30.0,
+        config=True,
+        help="Longest backoff delay, in seconds, between retries of a Kubernetes API request.",
+    )
+
+    k8s_retry_after_cap = Float(
+        60.0,
+        config=True,
+        help="""
+        Longest Retry-After, in seconds, honoured from the Kubernetes API server; a longer
+        one is cut to this (with jitter), so a spawn is not parked for minutes.
+        """,
+    )
+
+    k8s_max_attempts = Integer(
+        20,
+        min=1,
+        config=True,
+        help="""
+        Attempts at one Kubernetes API request (pod create or delete) before the spawn or
+        stop fails; the time they may take is bounded by k8s_api_request_retry_timeout.
+        """,
+    )
+
     @validate("qos_default_cpu", "qos_default_memory")
     def _validate_default_quantity(self, proposal: dict) -> Any:
         value = proposal["value"]
@@ -145,6 +205,42 @@ class ResilientKubeSpawner(KubeSpawner):
         )
         return env
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timing: SpawnTiming | None = None
+        register_hub_collectors(self._all_user_pods)
+        try:
+            ensure_event_loop_lag_monitor()
+        except RuntimeError:  # constructed outside a running loop (tests, tools)
+            pass
+
+    @classmethod
+    def _all_user_pods(cls) -> Iterable[dict]:
+        """Pods of every pod reflector of this process (one per namespace in practice)."""
+        for key, reflector in list(cls.reflectors.items()):
+            if "pods" in str(key):
+                yield from list(reflector.pods.values())
+
+    def backoff_policy(self) -> BackoffPolicy:
+        """The retry schedule for Kubernetes API 429s and 5xx, from this spawner's traits."""
+        return BackoffPolicy(
+            base=self.k8s_retry_base,
+            cap=max(self.k8s_retry_cap, self.k8s_retry_base),
+            max_attempts=self.k8s_max_attempts,
+            deadline=max(float(self.k8s_api_request_retry_timeout), 1.0),
+            retry_after_cap=self.k8s_retry_after_cap,
+        )
+
+    @property
+    def profile_label(self) -> str:
+        """The profile as a metric label: a configured slug, never a free-form value."""
+        slug = self.profile_name
+        if not slug:
+            return metrics.NO_PROFILE
+        profiles = self.profile_list if isinstance(self.profile_list, list) else []
+        known = {p.get("slug") for p in profiles if isinstance(p, dict)}
+        return slug if slug in known else metrics.OTHER_PROFILE
+
     @property
     def profile_name(self) -> str | None:
         """The slug of the profile this spawn uses (for messages), if any."""
@@ -177,4 +273,159 @@ class ResilientKubeSpawner(KubeSpawner):
         # Enforced again here: a modify_pod_hook runs after get_pod_manifest and may add
         # containers. Idempotent for a pod that is already Guaranteed.
         pod = self.enforce_qos(pod)
-        return await super()._make_create_pod_request(pod, request_timeout)
+        timing = self._timing
+        if timing is not None and timing.first_create is None:
+            timing.first_create = time.monotonic()
+            self._observe_phase("hub", timing.first_create - timing.requested)
+        created = await self._k8s_request(
+            "create_pod", super()._make_create_pod_request(pod, request_timeout)
+        )
+        if created and timing is not None and timing.first_create is not None:
+            self._observe_phase("api_create", time.monotonic() - timing.first_create)
+        return created
+
+    async def _make_delete_pod_request(self, *args: Any, **kwargs: Any) -> bool:
+        return await self._k8s_request(
+            "delete_pod", super()._make_delete_pod_request(*args, **kwargs)
+        )
+
+    async def _k8s_request(self, operation: str, request: Awaitable[bool]) -> bool:
+        """Run one of KubeSpawner's request attempts, timing it and absorbing 429 and 5xx.
+
+        KubeSpawner's attempts return True (done) or False (retry); an ApiException fails the
+        spawn. A 429 or 5xx is turned into a wait (Retry-After when the API server sends it,
+        full-jitter backoff otherwise) and False, so KubeSpawner's own loop tries again,
+        until k8s_max_attempts or its k8s_api_request_retry_timeout runs out.
+        """
+        started = time.monotonic()
+        try:
+            done = await request
+        except ApiException as e:
+            metrics.K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
+            metrics.K8S_API_REQUESTS.labels(operation, str(e.status)).inc()
+            reason = RETRY_REASONS.get(e.status)
+            if reason is None:
+                raise
+            return await self._wait_before_retry(operation, reason, e)
+        metrics.K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
+        metrics.K8S_API_REQUESTS.labels(operation, "ok" if done else "retry").inc()
+        return done
+
+    async def _wait_before_retry(self, operation: str, reason: str, error: ApiException) -> bool:
+        policy = self.backoff_policy()
+        attempts = self._retry_attempts.get(operation, 0) + 1
+        self._retry_attempts[operation] = attempts
+        first = self._retry_started.setdefault(operation, time.monotonic())
+        headers = error.headers or {}
+        retry_after = parse_retry_after(headers.get("Retry-After") if headers else None)
+        delay = policy.delay(attempts - 1, retry_after)
+        if not policy.should_retry(attempts, time.monotonic() - first, delay):
+            self.log.error(
+                "Kubernetes API %s for %s failed %d times (last: %s %s); giving up",
+                operation,
+                self._log_name,
+                attempts,
+                error.status,
+                error.reason,
+            )
+            raise error
+        metrics.K8S_API_RETRIES.labels(operation, reason).inc()
+        self.log.warning(
+            "Kubernetes API answered %s to %s for %s; retrying in %.1fs (attempt %d)",
+            error.status,
+            operation,
+            self._log_name,
+            delay,
+            attempts,
+        )
+        await asyncio.sleep(delay)
+        return False
+
+    @property
+    def _retry_attempts(self) -> dict[str, int]:
+        return self.__dict__.setdefault("_hr_retry_attempts", {})
+
+    @property
+    def _retry_started(self) -> dict[str, float]:
+        return self.__dict__.setdefault("_hr_retry_started", {})
+
+    def _observe_phase(self, phase: str, seconds: float) -> None:
+        metrics.SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
+
+    def _record_outcome(self, outcome: str) -> None:
+        metrics.SPAWNER_OUTCOMES.labels(outcome, self.profile_label).inc()
+
+    def _current_pod(self) -> dict | None:
+        reflector = self.pod_reflector
+        if reflector is None:
+            return None
+        return reflector.pods.get(f"{self.namespace}/{self.pod_name}")
+
+    async def _start(self) -> Any:
+        """KubeSpawner's start, timed phase by phase, with failures classified."""
+        self._timing = SpawnTiming(requested=time.monotonic())
+        self._retry_attempts.clear()
+        self._retry_started.clear()
+        try:
+            url = await super()._start()
+        except BaseException as e:
+            outcome, message = self._classify_failure(e)
+            self._record_outcome(outcome)
+            if message:
+                raise TimeoutError(message) from e
+            raise
+        self._timing.running = time.monotonic()
+        pod = self._current_pod()
+        if pod:
+            timeline = spawn_phases.pod_timeline(pod, list(self.events or []))
+            for phase, seconds in timeline.phases.items():
+                self._observe_phase(phase, seconds)
+            if timeline.scaled_up:
+                metrics.SPAWN_SCALE_UPS.labels(self.profile_label).inc()
+        return url
+
+    def _classify_failure(self, error: BaseException) -> tuple[str, str | None]:
+        """The outcome of a failed start, and a clearer message for a timeout, if there is one."""
+        if isinstance(error, qos.QoSError):
+            return "qos_refused", None
+        if isinstance(error, ApiException):
+            return ("k8s_throttled" if error.status == 429 else "k8s_api_error"), None
+        events = list(self.events or [])
+        reason = spawn_phases.failure_reason(self._current_pod(), events)
+        if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+            if reason is None:
+                return "timeout", None
+            details = [e.get("message") for e in events if e.get("message")]
+            explanation = {
+                "unschedulable": "no node has room for it",
+                "image_pull_failure": "its image could not be pulled",
+                "crash": "its server keeps crashing",
+            }[reason]
+            last = f" Kubernetes says: {details[-1]}" if details else ""
+            return reason, (
+                f"Your server did not start within {self.start_timeout} seconds because "
+                f"{explanation}.{last}"
+            )
+        return reason or "error", None
+
+    @property
+    def _waiting_for_response(self) -> bool:
+        """JupyterHub sets this while it waits for the new server to answer HTTP.
+
+        Watching it flip back to False is how the spawner learns the ``server_ready`` phase
+        and the final outcome: JupyterHub has no hook after its readiness check.
+        """
+        return self.__dict__.get("_hr_waiting_for_response", False)
+
+    @_waiting_for_response.setter
+    def _waiting_for_response(self, value: bool) -> None:
+        was = self.__dict__.get("_hr_waiting_for_response", False)
+        self.__dict__["_hr_waiting_for_response"] = value
+        timing = self.__dict__.get("_timing")
+        if was and not value and timing is not None and timing.running is not None:
+            if self._stop_pending:  # the hub gave up waiting and is stopping the server
+                self._record_outcome("timeout")
+            else:
+                self._observe_phase("server_ready", time.monotonic() - timing.running)
+                self._record_outcome("success")
+            timing.running = None
