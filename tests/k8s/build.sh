@@ -24,6 +24,13 @@ export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}" GOMODCACHE="${GOMODCACHE:-$HO
 
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# Cached already: nothing to do, and no Go toolchain needed.
+if [[ "${1:-}" != "--regenerate" && -x "$bin_dir/etcd" && -x "$bin_dir/kube-apiserver" \
+      && -x "$bin_dir/kube-scheduler" && -x "$bin_dir/kwok" && -d "$bin_dir/kwok-stages" ]]; then
+  echo "$bin_dir"
+  exit 0
+fi
+
 command -v go >/dev/null || { log "go is not installed: the Kubernetes harness needs the Go toolchain"; exit 1; }
 
 regenerate_kubernetes_module() {
@@ -112,7 +119,9 @@ build_one kube-scheduler "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-sch
 
 if [[ ! -x "$bin_dir/kwok" ]]; then
   log "building kwok $KWOK_VERSION"
+  start=$SECONDS
   GOBIN="$bin_dir" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  log "built kwok in $((SECONDS - start))s"
 fi
 # KWOK's stage definitions ship in its module source, not in the binary.
 if [[ ! -d "$bin_dir/kwok-stages" ]]; then

@@ -1,0 +1,954 @@
+"""A throwaway, real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-scheduler
+and KWOK's fake nodes, plus a responder that answers HTTP for every running pod.
+
+Why: the hub's Kubernetes code (KubeSpawner and what hub-resilience adds to it) must be tested
+against the real API server -- its validation, defaulting (QoS class), RBAC, 429s and watch
+semantics -- and the real scheduler, not a mock. Only the kubelet and the containers are
+simulated: KWOK plays the pod lifecycle (``stages/pod-lifecycle.yaml``) and ``responder.py``
+stands in for the notebook servers.
+
+Everything listens on 127.0.0.1 (pods get addresses in 127.42.0.0/16, which Linux routes to the
+loopback interface), all state lives in a temporary directory, and every process is started in
+its own process group with a parent-death signal, so nothing outlives the test session even
+when pytest is killed.
+
+Use it from pytest through the ``k8s_cluster`` fixture (tests/k8s/conftest.py), or by hand::
+
+    python -m tests.k8s.cluster up        # prints the KUBECONFIG export, runs until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "build.sh"
+POD_STAGES = HERE / "stages" / "pod-lifecycle.yaml"
+RESPONDER = HERE / "responder.py"
+
+LOOPBACK = "127.0.0.1"
+#: Pod addresses: node N gets 127.42.N.0/24. All of 127.0.0.0/8 is local on Linux, so the
+#: responder can bind these addresses without any network setup.
+POD_NETWORK = "127.42.0.0/16"
+SERVICE_CIDR = "10.96.0.0/24"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+ADMIN_USER = "kube-admin"
+#: The hub's identity, as in zero-to-jupyterhub: a ServiceAccount named "hub" in the hub's
+#: namespace, authenticated by a real ServiceAccount token, authorised by RBAC.
+HUB_SERVICE_ACCOUNT = "hub"
+
+#: zero-to-jupyterhub's hub Role (jupyterhub/templates/hub/rbac.yaml), so a missing
+#: permission fails here the way it would in production.
+Z2JH_HUB_ROLE_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [""],
+        "resources": ["pods", "persistentvolumeclaims", "secrets", "services"],
+        "verbs": ["get", "watch", "list", "create", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]},
+)
+
+#: With no kube-controller-manager these admission plugins would leave objects stuck: no
+#: default ServiceAccount is ever created, the not-ready taint is never removed, and PVC
+#: protection finalizers are never cleared.
+DISABLED_ADMISSION_PLUGINS = (
+    "ServiceAccount",
+    "TaintNodesByCondition",
+    "StorageObjectInUseProtection",
+)
+
+# Bounds on how long each start-up step may take before the fixture gives up and reports the
+# process's log. Generous on purpose: a loaded CI machine is slow, not broken.
+ETCD_START_TIMEOUT = 60.0
+APISERVER_START_TIMEOUT = 180.0
+COMPONENT_START_TIMEOUT = 90.0
+NODES_READY_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+LOG_TAIL_LINES = 40
+
+PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be built, started or used; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers: manifests, command lines and config files (no I/O, tested in the smoke tests).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """What one fake node offers the scheduler (defaults: a common 4 CPU / 16 GiB worker)."""
+
+    cpu: str = "4"
+    memory: str = "16Gi"
+    pods: str = "110"
+    ephemeral_storage: str = "100Gi"
+
+
+def node_pod_cidr(index: int) -> str:
+    """The pod CIDR of node ``index`` (0-based): 127.42.<index+1>.0/24, inside POD_NETWORK."""
+    if not 0 <= index < 254:
+        raise ValueError(f"node index must be between 0 and 253, got {index}")
+    return f"127.42.{index + 1}.0/24"
+
+
+def node_name(index: int) -> str:
+    """Name of fake node ``index``."""
+    return f"kwok-node-{index}"
+
+
+def node_manifest(index: int, shape: NodeShape) -> dict[str, Any]:
+    """A fake Node KWOK manages: realistic allocatable resources, a loopback pod CIDR and no
+    KWOK taint, so ordinary pods (like KubeSpawner's) schedule on it without tolerations."""
+    resources = {
+        "cpu": shape.cpu,
+        "memory": shape.memory,
+        "pods": shape.pods,
+        "ephemeral-storage": shape.ephemeral_storage,
+    }
+    cidr = node_pod_cidr(index)
+    name = node_name(index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                # zero-to-jupyterhub's user pods prefer (or, configured so, require) this.
+                "hub.jupyter.org/node-purpose": "user",
+                "type": "kwok",
+            },
+        },
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"allocatable": dict(resources), "capacity": dict(resources)},
+    }
+
+
+def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, namespace: str) -> dict[str, Any]:
+    """A kubeconfig for ``server`` that verifies the API server's certificate against
+    ``ca_pem``, authenticates with a bearer token and defaults to ``namespace`` (kubectl)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [
+            {"name": "local", "context": {"cluster": "local", "user": user, "namespace": namespace}}
+        ],
+        "current-context": "local",
+    }
+
+
+def token_auth_csv(entries: Sequence[tuple[str, str, str, Sequence[str]]]) -> str:
+    """kube-apiserver's --token-auth-file: ``token,user,uid,"group1,group2"`` per line."""
+    return "".join(
+        f'{token},{user},{uid},"{",".join(groups)}"\n' for token, user, uid, groups in entries
+    )
+
+
+def etcd_command(binary: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+    """etcd serving plain HTTP on loopback; fsync off because the data is thrown away."""
+    client = f"http://{LOOPBACK}:{client_port}"
+    peer = f"http://{LOOPBACK}:{peer_port}"
+    return [
+        str(binary),
+        "--name=local",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=local={peer}",
+        "--listen-metrics-urls=",
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    ]
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Request limits of a throttled API server. kube-apiserver enforces these only with API
+    Priority and Fairness turned off; requests beyond them get HTTP 429 (system:masters and
+    long-running requests such as watches are exempt)."""
+
+    max_requests_inflight: int
+    max_mutating_requests_inflight: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_requests_inflight", "max_mutating_requests_inflight"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                # 0 would mean "unlimited" to kube-apiserver: the opposite of what was asked.
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def apiserver_command(
+    binary: Path,
+    *,
+    etcd_port: int,
+    secure_port: int,
+    cert_dir: Path,
+    token_file: Path,
+    service_account_key: Path,
+    throttle: Throttle | None = None,
+) -> list[str]:
+    """kube-apiserver on loopback with RBAC, a static admin token and ServiceAccount tokens."""
+    command = [
+        str(binary),
+        f"--etcd-servers=http://{LOOPBACK}:{etcd_port}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--secure-port={secure_port}",
+        f"--cert-dir={cert_dir}",
+        f"--token-auth-file={token_file}",
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={service_account_key}",
+        f"--service-account-signing-key-file={service_account_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # The default reconciler would publish 127.0.0.1 as the kubernetes Service's endpoint,
+        # which Endpoints validation rejects.
+        "--endpoint-reconciler-type=none",
+        "--allow-privileged=true",
+        f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
+        "--profiling=false",
+    ]
+    if throttle is not None:
+        command += [
+            "--enable-priority-and-fairness=false",
+            f"--max-requests-inflight={throttle.max_requests_inflight}",
+            f"--max-mutating-requests-inflight={throttle.max_mutating_requests_inflight}",
+        ]
+    return command
+
+
+def scheduler_command(binary: Path, admin_kubeconfig: Path, secure_port: int) -> list[str]:
+    """The real kube-scheduler, alone (no leader election), serving health on loopback."""
+    return [
+        str(binary),
+        f"--kubeconfig={admin_kubeconfig}",
+        "--leader-elect=false",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={secure_port}",
+    ]
+
+
+def kwok_command(
+    binary: Path, admin_kubeconfig: Path, stage_files: Sequence[Path], server_port: int
+) -> list[str]:
+    """KWOK managing the nodes annotated ``kwok.x-k8s.io/node=fake`` with our stages.
+
+    ``--server-address`` keeps KWOK's own server on loopback (and gives us /healthz); with no
+    ``--node-port`` it never opens the kubelet port on 0.0.0.0."""
+    command = [
+        str(binary),
+        f"--kubeconfig={admin_kubeconfig}",
+        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+        f"--node-ip={LOOPBACK}",
+        # Only used for nodes without a podCIDR; ours all have one.
+        "--cidr=127.42.0.0/24",
+        f"--server-address={LOOPBACK}:{server_port}",
+    ]
+    for stage_file in stage_files:
+        command.append(f"--config={stage_file}")
+    return command
+
+
+def last_ca_certificate(pem_bundle: bytes) -> bytes:
+    """The CA from kube-apiserver's self-signed ``apiserver.crt``, which holds the serving
+    certificate followed by the CA that signed it."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + part for part in pem_bundle.split(marker)[1:]]
+    if len(blocks) < 2:
+        raise ClusterError("kube-apiserver's apiserver.crt does not contain a CA certificate")
+    return blocks[-1].strip() + b"\n"
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"(cannot read {path}: {error})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL this child when the process that started it dies, so a killed
+    pytest leaves no control plane behind. (Tied to the starting thread: start the cluster
+    from the main thread.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A currently free TCP port on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ManagedProcess:
+    """One control-plane process: its own process group, output in ``log``, stopped with
+    SIGTERM then SIGKILL."""
+
+    name: str
+    command: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            log.write(f"$ {' '.join(self.command)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started)."""
+        return self.popen.poll() if self.popen else None
+
+    def check_running(self) -> None:
+        """Raise with the log tail if the process has exited."""
+        code = self.exit_code()
+        if code is not None:
+            raise ClusterError(
+                f"{self.name} exited with code {code} during start-up; last lines of "
+                f"{self.log}:\n{tail(self.log)}"
+            )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The group may still hold children that ignored SIGTERM (none of ours fork, but
+        # the responder's interpreter could): make sure the whole group is gone.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    process: ManagedProcess | None = None,
+    interval: float = 0.2,
+) -> None:
+    """Poll ``condition`` until true; fail fast if ``process`` dies, and on timeout raise with
+    the process's log so CI says why."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        if process is not None:
+            process.check_running()
+        try:
+            if condition():
+                return
+        except Exception as error:  # noqa: BLE001 - reported if we time out
+            last_error = error
+        if time.monotonic() > deadline:
+            message = f"timed out after {timeout:.0f}s waiting for {what}"
+            if last_error is not None:
+                message += f" (last error: {last_error!r})"
+            if process is not None:
+                message += f"; last lines of {process.log}:\n{tail(process.log)}"
+            raise ClusterError(message)
+        time.sleep(interval)
+
+
+def http_ok(url: str, *, context: ssl.SSLContext | None = None, token: str | None = None) -> bool:
+    """True if GET ``url`` answers 200."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def decode_proc_net_address(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` from /proc/net/tcp{,6} as ("127.0.0.1", 8080): the address is
+    hex in 32-bit words of host (little-endian) byte order, the port big-endian hex."""
+    host_hex, port_hex = text.split(":")
+    raw = bytes.fromhex(host_hex)
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(raw)), int(port_hex, 16)
+
+
+def listening_sockets(pid: int) -> set[tuple[str, int]]:
+    """Every (address, port) process ``pid`` listens on over TCP, read from Linux's /proc:
+    how the harness proves nothing listens beyond loopback."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            listening = fields[3] == "0A"  # TCP_LISTEN
+            if listening and fields[9] in inodes:
+                found.add(decode_proc_net_address(fields[1]))
+    return found
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """For health probes of our own child processes on loopback, whose self-signed
+    certificates are not known yet (kube-apiserver) or never written (kube-scheduler)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+
+def build_binaries(log_path: Path | None = None) -> Path:
+    """Run tests/k8s/build.sh (a no-op when the binaries are cached) and return the directory
+    holding etcd, kube-apiserver, kube-scheduler, kwok and kwok-stages/."""
+    if shutil.which("bash") is None:
+        raise ClusterError("bash is required to run tests/k8s/build.sh")
+    log_path = log_path or Path(tempfile.gettempdir()) / "hub-resilience-k8s-build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        result = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=log, check=False
+        )
+    if result.returncode != 0:
+        raise ClusterError(
+            f"tests/k8s/build.sh failed with code {result.returncode}; last lines of "
+            f"{log_path}:\n{tail(log_path)}"
+        )
+    lines = result.stdout.decode().strip().splitlines()
+    bin_dir = Path(lines[-1]) if lines else None
+    missing = [
+        name
+        for name in ("etcd", "kube-apiserver", "kube-scheduler", "kwok", "kwok-stages")
+        if bin_dir is None or not (bin_dir / name).exists()
+    ]
+    if missing:
+        raise ClusterError(f"build.sh printed {bin_dir!s} but it lacks {', '.join(missing)}")
+    return bin_dir
+
+
+# --------------------------------------------------------------------------------------------
+# The cluster
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """One kube-apiserver as clients see it."""
+
+    server: str
+    #: The hub's credentials (ServiceAccount hub, zero-to-jupyterhub's Role): what the hub uses.
+    kubeconfig: Path
+    #: system:masters: for test set-up and assertions. Exempt from max-inflight limits.
+    admin_kubeconfig: Path
+    log: Path
+
+
+@dataclass
+class LocalCluster:
+    """The control plane and its fake nodes. ``start()`` brings everything up and raises
+    ``ClusterError`` (with the failing component's log) if anything does not come up;
+    ``stop()`` stops it all, and is safe to call at any point, more than once."""
+
+    work_dir: Path
+    bin_dir: Path
+    namespace: str = "hub"
+    node_count: int = 4
+    node_shape: NodeShape = field(default_factory=NodeShape)
+    hub_role_rules: Sequence[Mapping[str, Any]] = Z2JH_HUB_ROLE_RULES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.node_count <= 253:
+            raise ValueError(f"node_count must be between 1 and 253, got {self.node_count}")
+        self.work_dir = Path(self.work_dir)
+        self.log_dir = self.work_dir / "logs"
+        self._processes: list[ManagedProcess] = []
+        self._throttled: dict[Throttle, ApiEndpoint] = {}
+        self._admin_token = secrets.token_hex(24)
+        self._hub_token: str | None = None
+        self._etcd_data: Path | None = None
+        self._etcd_port = 0
+        self.api: ApiEndpoint | None = None
+        self.responder_url: str | None = None
+        self.startup_seconds: float | None = None
+        self._stopped = False
+
+    # -- what tests use ----------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        return self._require_api().server
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The hub's kubeconfig (an ordinary, RBAC-limited ServiceAccount token)."""
+        return self._require_api().kubeconfig
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self._require_api().admin_kubeconfig
+
+    @property
+    def logs(self) -> dict[str, Path]:
+        """Log file of every process started, by process name."""
+        return {process.name: process.log for process in self._processes}
+
+    def exited_process(self) -> ManagedProcess | None:
+        """The first process that is no longer running, if any (they should all run)."""
+        return next((p for p in self._processes if p.exit_code() is not None), None)
+
+    def admin_client(self) -> ApiClient:
+        """A ``kubernetes.client.ApiClient`` with admin rights (close it when done)."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.admin_kubeconfig))
+
+    def hub_client(self) -> ApiClient:
+        """A ``kubernetes.client.ApiClient`` with the hub's rights (close it when done)."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def throttled_endpoint(
+        self, max_requests_inflight: int = 1, max_mutating_requests_inflight: int = 1
+    ) -> ApiEndpoint:
+        """A second kube-apiserver on the same etcd that answers 429 beyond these in-flight
+        limits (started on first use, reused for the same limits)."""
+        throttle = Throttle(max_requests_inflight, max_mutating_requests_inflight)
+        if self._stopped:
+            raise ClusterError("the cluster is stopped")
+        if throttle not in self._throttled:
+            name = (
+                f"kube-apiserver-throttled-{throttle.max_requests_inflight}"
+                f"-{throttle.max_mutating_requests_inflight}"
+            )
+            self._throttled[throttle] = self._start_apiserver(name, throttle)
+        return self._throttled[throttle]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        started = time.monotonic()
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            self._write_credentials()
+            self._start_etcd()
+            self.api = self._start_apiserver("kube-apiserver", None)
+            self._configure_hub_access()
+            self._start_scheduler()
+            self._start_kwok()
+            self._create_nodes()
+            self._start_responder()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        # Reverse start order: clients of the API server first, etcd last (kube-apiserver
+        # hangs in shutdown if etcd is already gone).
+        self._stopped = True
+        for process in reversed(self._processes):
+            process.stop()
+        if self._etcd_data is not None:
+            shutil.rmtree(self._etcd_data, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _require_api(self) -> ApiEndpoint:
+        if self.api is None:
+            raise ClusterError("the cluster is not started")
+        return self.api
+
+    def _launch(self, name: str, command: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, command, self.log_dir / f"{name}.log")
+        self._processes.append(process)
+        process.start()
+        return process
+
+    def _write_credentials(self) -> None:
+        self._token_file = self.work_dir / "tokens.csv"
+        self._token_file.write_text(
+            token_auth_csv([(self._admin_token, ADMIN_USER, "kube-admin-uid", ["system:masters"])])
+        )
+        self._token_file.chmod(0o600)
+        self._sa_key = self.work_dir / "service-account.key"
+        if shutil.which("openssl") is None:
+            raise ClusterError("openssl is required to make the ServiceAccount signing key")
+        subprocess.run(
+            ["openssl", "genrsa", "-out", str(self._sa_key), "2048"],
+            check=True,
+            capture_output=True,
+        )
+
+    def _start_etcd(self) -> None:
+        # Inside the work directory (not tmpfs), so even a killed session leaves nothing
+        # behind that pytest's temporary-directory rotation would not remove.
+        self._etcd_data = self.work_dir / "etcd-data"
+        self._etcd_port = free_port()
+        process = self._launch(
+            "etcd",
+            etcd_command(self.bin_dir / "etcd", self._etcd_data, self._etcd_port, free_port()),
+        )
+        wait_until(
+            lambda: http_ok(f"http://{LOOPBACK}:{self._etcd_port}/health"),
+            timeout=ETCD_START_TIMEOUT,
+            what="etcd to report healthy",
+            process=process,
+        )
+
+    def _start_apiserver(self, name: str, throttle: Throttle | None) -> ApiEndpoint:
+        port = free_port()
+        cert_dir = self.work_dir / f"{name}-certs"
+        process = self._launch(
+            name,
+            apiserver_command(
+                self.bin_dir / "kube-apiserver",
+                etcd_port=self._etcd_port,
+                secure_port=port,
+                cert_dir=cert_dir,
+                token_file=self._token_file,
+                service_account_key=self._sa_key,
+                throttle=throttle,
+            ),
+        )
+        server = f"https://{LOOPBACK}:{port}"
+        # Unverified only for this probe of our own child: its certificate file is complete
+        # once it serves, and every kubeconfig then verifies against that certificate's CA.
+        context = unverified_tls()
+        wait_until(
+            lambda: http_ok(f"{server}/readyz", context=context, token=self._admin_token),
+            timeout=APISERVER_START_TIMEOUT,
+            what=f"{name} /readyz",
+            process=process,
+        )
+        ca_pem = last_ca_certificate((cert_dir / "apiserver.crt").read_bytes())
+        admin = self.work_dir / f"{name}-admin.kubeconfig"
+        self._write_kubeconfig(
+            admin, kubeconfig(server, ca_pem, ADMIN_USER, self._admin_token, self.namespace)
+        )
+        hub = self.work_dir / f"{name}-hub.kubeconfig"
+        if self._hub_token is not None:
+            self._write_kubeconfig(
+                hub,
+                kubeconfig(server, ca_pem, HUB_SERVICE_ACCOUNT, self._hub_token, self.namespace),
+            )
+        return ApiEndpoint(server=server, kubeconfig=hub, admin_kubeconfig=admin, log=process.log)
+
+    @staticmethod
+    def _write_kubeconfig(path: Path, content: dict[str, Any]) -> None:
+        path.write_text(yaml.safe_dump(content, sort_keys=False))
+        path.chmod(0o600)
+
+    def _configure_hub_access(self) -> None:
+        """Namespace, ServiceAccount, Role and RoleBinding for the hub, then a real
+        ServiceAccount token (TokenRequest) written into the hub's kubeconfig."""
+        from kubernetes import client
+
+        api = self._require_api()
+        with self.admin_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            rbac = client.RbacAuthorizationV1Api(api_client)
+            ns = self.namespace
+            core.create_namespace({"metadata": {"name": ns}})
+            core.create_namespaced_service_account(ns, {"metadata": {"name": HUB_SERVICE_ACCOUNT}})
+            rbac.create_namespaced_role(
+                ns,
+                {
+                    "metadata": {"name": "hub"},
+                    "rules": [dict(rule) for rule in self.hub_role_rules],
+                },
+            )
+            rbac.create_namespaced_role_binding(
+                ns,
+                {
+                    "metadata": {"name": "hub"},
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": ns}
+                    ],
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "hub",
+                    },
+                },
+            )
+            token_request = core.create_namespaced_service_account_token(
+                HUB_SERVICE_ACCOUNT, ns, {"spec": {"expirationSeconds": 7 * 24 * 3600}}
+            )
+        self._hub_token = token_request.status.token
+        admin_config = yaml.safe_load(api.admin_kubeconfig.read_text())
+        ca_pem = base64.b64decode(
+            admin_config["clusters"][0]["cluster"]["certificate-authority-data"]
+        )
+        self._write_kubeconfig(
+            api.kubeconfig,
+            kubeconfig(api.server, ca_pem, HUB_SERVICE_ACCOUNT, self._hub_token, self.namespace),
+        )
+
+    def _start_scheduler(self) -> None:
+        port = free_port()
+        process = self._launch(
+            "kube-scheduler",
+            scheduler_command(self.bin_dir / "kube-scheduler", self.admin_kubeconfig, port),
+        )
+        context = unverified_tls()
+        wait_until(
+            lambda: http_ok(f"https://{LOOPBACK}:{port}/healthz", context=context),
+            timeout=COMPONENT_START_TIMEOUT,
+            what="kube-scheduler /healthz",
+            process=process,
+        )
+
+    def _start_kwok(self) -> None:
+        port = free_port()
+        stages = self.bin_dir / "kwok-stages" / "node"
+        stage_files = [
+            stages / "fast" / "node-initialize.yaml",
+            stages / "heartbeat" / "node-heartbeat.yaml",
+            POD_STAGES,
+        ]
+        for stage_file in stage_files:
+            if not stage_file.is_file():
+                raise ClusterError(
+                    f"KWOK stage file {stage_file} is missing (run tests/k8s/build.sh)"
+                )
+        process = self._launch(
+            "kwok", kwok_command(self.bin_dir / "kwok", self.admin_kubeconfig, stage_files, port)
+        )
+        self._kwok = process
+        wait_until(
+            lambda: http_ok(f"http://{LOOPBACK}:{port}/healthz"),
+            timeout=COMPONENT_START_TIMEOUT,
+            what="kwok /healthz",
+            process=process,
+        )
+
+    def _create_nodes(self) -> None:
+        from kubernetes import client
+
+        with self.admin_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            for index in range(self.node_count):
+                core.create_node(node_manifest(index, self.node_shape))
+
+            def all_ready() -> bool:
+                nodes = core.list_node(label_selector="type=kwok").items
+                ready = [
+                    node
+                    for node in nodes
+                    if any(
+                        c.type == "Ready" and c.status == "True"
+                        for c in node.status.conditions or []
+                    )
+                ]
+                return len(ready) == self.node_count
+
+            wait_until(
+                all_ready,
+                timeout=NODES_READY_TIMEOUT,
+                what="fake nodes to be Ready",
+                process=self._kwok,
+            )
+
+    def _start_responder(self) -> None:
+        port = free_port()
+        process = self._launch(
+            "responder",
+            [
+                sys.executable,
+                str(RESPONDER),
+                f"--kubeconfig={self.admin_kubeconfig}",
+                f"--namespace={self.namespace}",
+                f"--health-address={LOOPBACK}:{port}",
+            ],
+        )
+        self.responder_url = f"http://{LOOPBACK}:{port}"
+        wait_until(
+            lambda: http_ok(f"{self.responder_url}/healthz"),
+            timeout=COMPONENT_START_TIMEOUT,
+            what="the pod responder to sync with the API server",
+            process=process,
+        )
+
+    def listening_sockets(self) -> dict[str, set[tuple[str, int]]]:
+        """What each running process listens on, by process name."""
+        return {
+            process.name: listening_sockets(process.pid)
+            for process in self._processes
+            if process.pid is not None and process.exit_code() is None
+        }
+
+    def responder_endpoints(self) -> list[dict[str, Any]]:
+        """What the responder serves right now: ``[{"ip", "port", "pod"}]``."""
+        with urllib.request.urlopen(f"{self.responder_url}/endpoints", timeout=5) as response:
+            return json.loads(response.read())
+
+
+# --------------------------------------------------------------------------------------------
+# python -m tests.k8s.cluster up
+# --------------------------------------------------------------------------------------------
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    bin_dir = build_binaries()
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="hub-resilience-k8s-"))
+    cluster = LocalCluster(
+        work_dir=work_dir, bin_dir=bin_dir, namespace=args.namespace, node_count=args.nodes
+    )
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    # Both set explicitly: a shell starting us in the background may have SIGINT ignored.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with cluster:
+        lines = [
+            f"# local Kubernetes {bin_dir.name} up in {cluster.startup_seconds:.1f}s "
+            f"({args.nodes} fake nodes, namespace {args.namespace!r})",
+            f"export KUBECONFIG={cluster.kubeconfig}",
+            f"# admin (system:masters): export KUBECONFIG={cluster.admin_kubeconfig}",
+        ]
+        if args.throttled:
+            reads, writes = args.throttled
+            endpoint = cluster.throttled_endpoint(reads, writes)
+            lines.append(
+                f"# throttled API server ({reads}/{writes} in flight): "
+                f"export KUBECONFIG={endpoint.kubeconfig}"
+            )
+        lines.append(f"# logs: {cluster.log_dir}")
+        lines.append("# Ctrl-C stops the cluster")
+        print("\n".join(lines), flush=True)
+        while not stop_requested:
+            exited = cluster.exited_process()
+            if exited is not None:
+                print(f"# {exited.name} exited; see {exited.log}", file=sys.stderr)
+                return 1
+            time.sleep(1)
+    print("# stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.k8s.cluster", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the cluster and keep it running until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=4, help="number of fake nodes (default 4)")
+    up.add_argument(
+        "--namespace", default="hub", help="namespace created for the hub (default hub)"
+    )
+    up.add_argument(
+        "--work-dir",
+        help="directory for certificates, kubeconfigs and logs (default: a new temporary one)",
+    )
+    up.add_argument(
+        "--throttled",
+        nargs=2,
+        type=int,
+        metavar=("READS", "WRITES"),
+        help="also start a throttled API server with these --max-requests-inflight and "
+        "--max-mutating-requests-inflight",
+    )
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        return _run_up(args)
+    except ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
