@@ -12,6 +12,8 @@ import sys
 
 #: Modules that provide a subcommand, in the order ``--help`` shows them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "hub_resilience.plan_cli",
+    "hub_resilience.culler",
 )
 
 

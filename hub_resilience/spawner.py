@@ -21,6 +21,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
+from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import CaselessStrEnum, Float, Integer, TraitError, validate
 
@@ -371,7 +372,14 @@ class ResilientKubeSpawner(KubeSpawner):
         except BaseException as e:
             outcome, message = self._classify_failure(e)
             self._record_outcome(outcome)
+            if isinstance(e, qos.QoSError):
+                # An HTTPError's message is what JupyterHub shows the user (spawn page and
+                # API), and it is logged without a traceback: this is a profile to fix.
+                raise web.HTTPError(500, f"Cannot start this server: {e}") from e
             if message:
+                # JupyterHub logs its own generic timeout text; the user sees this message
+                # on the spawn page, and the operator reads it here.
+                self.log.warning("Spawn of %s failed: %s", self._log_name, message)
                 raise TimeoutError(message) from e
             raise
         self._timing.running = time.monotonic()

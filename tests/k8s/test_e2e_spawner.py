@@ -1,0 +1,422 @@
+"""A real JupyterHub with ResilientKubeSpawner against the local Kubernetes control plane.
+
+Real parts: JupyterHub and configurable-http-proxy (subprocesses), KubeSpawner (inside
+that hub), kube-apiserver, kube-scheduler and etcd. Simulated, because they cannot run here:
+kubelets and containers (KWOK), and the notebook servers (the pod responder answers HTTP on
+each running pod's IP and port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient
+
+from hub_resilience.hubclient import HubAPIError
+from tests.k8s.cluster import LocalCluster
+from tests.support.hub import RunningHub, create_users, gather_limited, running_hub, wait_until
+
+pytestmark = pytest.mark.k8s
+
+SIDECAR = {
+    "name": "log-shipper",
+    "image": "busybox",
+    "resources": {
+        "requests": {"cpu": "50m", "memory": "32Mi"},
+        "limits": {"cpu": "100m", "memory": "64Mi"},
+    },
+}
+INIT = {
+    "name": "fetch-material",
+    "image": "busybox",
+    "command": ["true"],
+    "resources": {"limits": {"cpu": "100m", "memory": "64M"}},
+}
+
+PROFILES = [
+    {
+        "display_name": "Small",
+        "slug": "small",
+        "default": True,
+        "kubespawner_override": {
+            "cpu_guarantee": 0.1,
+            "cpu_limit": 0.5,
+            "mem_guarantee": "256M",
+            "mem_limit": "512M",
+        },
+    },
+    {
+        "display_name": "Medium, with init and sidecar",
+        "slug": "medium",
+        "kubespawner_override": {
+            "cpu_limit": 1,
+            "mem_limit": "1G",
+            "init_containers": [INIT],
+            "extra_containers": [SIDECAR],
+        },
+    },
+    {
+        "display_name": "Sized",
+        "slug": "sized",
+        "profile_options": {
+            "size": {
+                "display_name": "Size",
+                "choices": {
+                    "s": {
+                        "display_name": "S",
+                        "default": True,
+                        "kubespawner_override": {
+                            "cpu_guarantee": 0.25,
+                            "cpu_limit": 0.25,
+                            "mem_guarantee": "256M",
+                            "mem_limit": "256M",
+                        },
+                    },
+                    "m": {
+                        "display_name": "M",
+                        "kubespawner_override": {
+                            "cpu_guarantee": 0.2,
+                            "cpu_limit": 0.75,
+                            "mem_guarantee": "512M",
+                            "mem_limit": "768M",
+                        },
+                    },
+                },
+            }
+        },
+    },
+    # Cannot be made Guaranteed: a sidecar with no resources and no configured defaults.
+    {
+        "display_name": "Broken",
+        "slug": "broken",
+        "kubespawner_override": {
+            "cpu_limit": 0.5,
+            "mem_limit": "512M",
+            "extra_containers": [{"name": "bare", "image": "busybox"}],
+        },
+    },
+    # Small enough for 50 at once next to the others on the four 4-CPU fake nodes.
+    {
+        "display_name": "Tiny",
+        "slug": "tiny",
+        "kubespawner_override": {"cpu_limit": 0.05, "mem_limit": "64M"},
+    },
+    # Asks for more CPU than any node has (the fake nodes have 4).
+    {
+        "display_name": "Huge",
+        "slug": "huge",
+        "kubespawner_override": {"cpu_limit": 64, "mem_limit": "1G", "start_timeout": 20},
+    },
+]
+
+#: (user_options) for the 20 users of the Guaranteed test, covering every spawnable profile.
+SPAWN_OPTIONS = [
+    {"profile": "small"},
+    {"profile": "medium"},
+    {"profile": "sized", "size": "s"},
+    {"profile": "sized", "size": "m"},
+] * 5
+
+
+def hub_config(namespace: str) -> str:
+    return f"""
+c.JupyterHub.spawner_class = "resilient-kubespawner"
+c.JupyterHub.authenticate_prometheus = False
+c.JupyterHub.concurrent_spawn_limit = 100
+c.KubeSpawner.namespace = {namespace!r}
+c.KubeSpawner.image = "quay.io/jupyter/base-notebook:2026-11-02"
+c.KubeSpawner.cmd = ["jupyterhub-singleuser"]
+c.KubeSpawner.start_timeout = 120
+c.KubeSpawner.http_timeout = 60
+c.KubeSpawner.k8s_api_request_retry_timeout = 120
+c.KubeSpawner.profile_list = {PROFILES!r}
+"""
+
+
+@contextmanager
+def kubeconfig_env(path: Path) -> Iterator[None]:
+    """Hub subprocesses started inside inherit this KUBECONFIG."""
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+
+
+@asynccontextmanager
+async def k8s_hub(kubeconfig: Path, namespace: str, extra: str = "") -> AsyncIterator[RunningHub]:
+    with kubeconfig_env(kubeconfig):
+        async with running_hub(hub_config(namespace) + extra, start_timeout=120) as hub:
+            try:
+                yield hub
+            except BaseException:
+                # Shown by pytest with the failure: what the hub said about it.
+                print("---- hub log (last 200 lines) ----")
+                print("\n".join(hub.log_text().splitlines()[-200:]))
+                raise
+
+
+async def scrape(hub: RunningHub) -> dict[str, list]:
+    """The hub's /hub/metrics as {family name: [(sample name, labels, value)]}."""
+    response = await AsyncHTTPClient().fetch(f"{hub.url}/hub/metrics", request_timeout=30)
+    families = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        families[family.name] = [(s.name, s.labels, s.value) for s in family.samples]
+    return families
+
+
+def sample(families: dict, family: str, name: str, **labels: str) -> float:
+    """Sum of the samples ``name`` in ``family`` whose labels include ``labels``."""
+    return sum(
+        value
+        for sample_name, sample_labels, value in families.get(family, [])
+        if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def user_pods(cluster: LocalCluster, namespace: str) -> dict[str, dict]:
+    api = k8s.CoreV1Api(cluster.admin_client())
+    pods = api.list_namespaced_pod(namespace, label_selector="component=singleuser-server")
+    return {p.metadata.name: p for p in pods.items}
+
+
+@pytest.fixture(scope="module")
+async def hub(k8s_cluster: LocalCluster) -> AsyncIterator[RunningHub]:
+    async with k8s_hub(k8s_cluster.kubeconfig, k8s_cluster.namespace) as running:
+        yield running
+        await stop_all_servers(running)
+
+
+async def stop_all_servers(hub: RunningHub) -> None:
+    """Stop every server (and so delete its pod), so later tests have the nodes to themselves."""
+    async with hub.client() as client:
+        names = [u["name"] async for u in client.iter_users() if u.get("servers")]
+        await gather_limited((client.stop_server(n) for n in names), limit=10)
+        await gather_limited((client.wait_for_server_stopped(n, timeout=120) for n in names), 10)
+
+
+async def noisy_neighbour(kubeconfig: Path, namespace: str, stop: asyncio.Event, index: int) -> int:
+    """Another API client writing to the API server (secrets, create then delete) until
+    ``stop``, as controllers and other tools do on a real cluster; returns its 429 count.
+
+    It uses the hub's own (non-system:masters) identity, so its requests occupy the API
+    server's in-flight slots; a short pause between writes leaves the slot free about half
+    the time."""
+    from kubernetes_asyncio import client as aclient
+    from kubernetes_asyncio import config as aconfig
+    from kubernetes_asyncio.client.rest import ApiException
+
+    api_client = await aconfig.new_client_from_config(config_file=str(kubeconfig))
+    throttled = 0
+    async with api_client:
+        api = aclient.CoreV1Api(api_client)
+        i = 0
+        while not stop.is_set():
+            name = f"noise-{index}-{i}"
+            i += 1
+            try:
+                await api.create_namespaced_secret(
+                    namespace, aclient.V1Secret(metadata=aclient.V1ObjectMeta(name=name))
+                )
+                await api.delete_namespaced_secret(name, namespace)
+            except ApiException as e:
+                if e.status != 429:
+                    raise
+                throttled += 1
+            await asyncio.sleep(0.03)
+    return throttled
+
+
+async def test_twenty_users_get_guaranteed_pods_for_every_profile(
+    hub: RunningHub, k8s_cluster: LocalCluster
+) -> None:
+    names = [f"student-{i:02d}" for i in range(len(SPAWN_OPTIONS))]
+    async with hub.client() as client:
+        await create_users(client, names)
+        await gather_limited(
+            (
+                client.start_server_and_wait(
+                    name, user_options=options, timeout=240, poll_interval=0.5
+                )
+                for name, options in zip(names, SPAWN_OPTIONS, strict=True)
+            ),
+            limit=20,
+        )
+    pods = user_pods(k8s_cluster, k8s_cluster.namespace)
+    for name, options in zip(names, SPAWN_OPTIONS, strict=True):
+        pod = pods[f"jupyter-{name}"]
+        assert pod.status.phase == "Running", name
+        # Decided by the API server, not by our own code:
+        assert pod.status.qos_class == "Guaranteed", (name, options)
+        containers = [c.name for c in pod.spec.containers]
+        init = [c.name for c in pod.spec.init_containers or []]
+        if options["profile"] == "medium":
+            assert containers == ["notebook", "log-shipper"] and init == ["fetch-material"]
+        interval = {e.name: e.value for e in pod.spec.containers[0].env or []}
+        assert interval["JUPYTERHUB_ACTIVITY_INTERVAL"] == "300"
+
+    families = await scrape(hub)
+    assert sample(
+        families, "hub_resilience_user_pods", "hub_resilience_user_pods", qos_class="Guaranteed"
+    ) == len(names)
+    assert (
+        sample(
+            families, "hub_resilience_user_pods", "hub_resilience_user_pods", qos_class="Burstable"
+        )
+        == 0
+    )
+    outcomes = "hub_resilience_spawn_outcomes"
+    assert sample(families, outcomes, f"{outcomes}_total", outcome="success") == len(names)
+    for profile in ("small", "medium", "sized"):
+        assert (
+            sample(families, outcomes, f"{outcomes}_total", outcome="success", profile=profile) > 0
+        )
+
+
+async def test_spawn_phase_metrics_follow_the_real_pods(
+    hub: RunningHub, k8s_cluster: LocalCluster
+) -> None:
+    """Every phase was observed for every spawn of the previous test, from real conditions and
+    events; the scheduling phase agrees with the pods' own timestamps."""
+    families = await scrape(hub)
+    family = "hub_resilience_spawn_phase_seconds"
+    count = f"{family}_count"
+    spawned = len(SPAWN_OPTIONS)
+    for phase in (
+        "hub",
+        "api_create",
+        "scheduling",
+        "image_pull",
+        "container_start",
+        "server_ready",
+    ):
+        assert sample(families, family, count, phase=phase) == spawned, phase
+    pods = user_pods(k8s_cluster, k8s_cluster.namespace)
+    expected = 0.0
+    for pod in pods.values():
+        scheduled = next(c for c in pod.status.conditions if c.type == "PodScheduled")
+        expected += (
+            scheduled.last_transition_time - pod.metadata.creation_timestamp
+        ).total_seconds()
+    assert sample(families, family, f"{family}_sum", phase="scheduling") == pytest.approx(expected)
+    # KWOK's simulated pull (see tests/k8s/stages) takes time; a real one is never 0 either.
+    assert sample(families, family, f"{family}_sum", phase="image_pull") > 0
+    lag = "hub_resilience_event_loop_lag_seconds"
+    assert sample(families, lag, f"{lag}_count") > 0
+    api = "hub_resilience_k8s_api_requests"
+    assert sample(families, api, f"{api}_total", operation="create_pod", code="ok") == spawned
+
+
+async def test_profile_that_cannot_be_guaranteed_is_refused_before_any_pod(
+    hub: RunningHub, k8s_cluster: LocalCluster
+) -> None:
+    async with hub.client() as client:
+        await create_users(client, ["broken-user"])
+        with pytest.raises(HubAPIError) as refused:
+            await client.start_server("broken-user", user_options={"profile": "broken"})
+        await wait_until_stopped(client, "broken-user")
+    # What the user (and the operator) is told:
+    assert refused.value.status == 500
+    assert "Cannot start this server: profile 'broken', container 'bare'" in str(refused.value)
+    assert "jupyter-broken-user" not in user_pods(k8s_cluster, k8s_cluster.namespace)
+    log = hub.log_text()
+    assert "profile 'broken', container 'bare': cpu has neither a request nor a limit" in log
+    families = await scrape(hub)
+    outcomes = "hub_resilience_spawn_outcomes"
+    assert (
+        sample(families, outcomes, f"{outcomes}_total", outcome="qos_refused", profile="broken")
+        == 1
+    )
+
+
+async def test_unschedulable_pod_fails_with_a_clear_message(
+    hub: RunningHub, k8s_cluster: LocalCluster
+) -> None:
+    async with hub.client() as client:
+        await create_users(client, ["greedy"])
+        await client.start_server("greedy", user_options={"profile": "huge"})
+        await wait_until_stopped(client, "greedy", timeout=120)
+    log = hub.log_text()
+    assert "did not start within 20 seconds because no node has room for it" in log
+    assert "Insufficient cpu" in log  # the scheduler's own words, passed on to the user
+    families = await scrape(hub)
+    outcomes = "hub_resilience_spawn_outcomes"
+    assert (
+        sample(families, outcomes, f"{outcomes}_total", outcome="unschedulable", profile="huge")
+        == 1
+    )
+    # The failed spawn's pod is cleaned up by the hub's stop.
+    await wait_until(
+        lambda: "jupyter-greedy" not in user_pods(k8s_cluster, k8s_cluster.namespace),
+        timeout=60,
+        what="the unschedulable pod is deleted",
+    )
+
+
+async def wait_until_stopped(client, name: str, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        server = await client.get_server(name)
+        if server is None:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"{name}'s server was still there after {timeout}s")
+
+
+async def test_spawns_succeed_through_a_throttling_api_server(k8s_cluster: LocalCluster) -> None:
+    """50 users at once against an API server that admits one mutating request at a time.
+
+    The API server itself answers 429 (max-mutating-requests-inflight=1) while two other
+    clients write to it; the spawner retries with backoff and every spawn succeeds.
+    """
+    throttled = k8s_cluster.throttled_endpoint(
+        max_requests_inflight=10, max_mutating_requests_inflight=1
+    )
+    names = [f"rush-{i:02d}" for i in range(50)]
+    async with k8s_hub(throttled.kubeconfig, k8s_cluster.namespace) as hub:
+        async with hub.client() as client:
+            await create_users(client, names)
+            stop = asyncio.Event()
+            neighbours = [
+                asyncio.create_task(
+                    noisy_neighbour(throttled.kubeconfig, k8s_cluster.namespace, stop, index)
+                )
+                for index in range(2)
+            ]
+            try:
+                await gather_limited(
+                    (
+                        client.start_server_and_wait(
+                            name, user_options={"profile": "tiny"}, timeout=300, poll_interval=1
+                        )
+                        for name in names
+                    ),
+                    limit=50,
+                )
+            finally:
+                stop.set()
+                neighbour_429s = sum(await asyncio.gather(*neighbours))
+            assert neighbour_429s > 0  # the API server really was throttling
+            families = await scrape(hub)
+            servers = [await client.get_server(name) for name in names]
+        assert all(s and s.get("ready") for s in servers)
+        api = "hub_resilience_k8s_api_requests"
+        assert sample(families, api, f"{api}_total", code="429") > 0
+        retries = "hub_resilience_k8s_api_retries"
+        assert sample(families, retries, f"{retries}_total", reason="throttled") > 0
+        outcomes = "hub_resilience_spawn_outcomes"
+        assert sample(families, outcomes, f"{outcomes}_total", outcome="success") == len(names)
+        assert sample(families, outcomes, f"{outcomes}_total", outcome="k8s_throttled") == 0
+        # Stopping goes through the same throttled API server (pod deletes).
+        await stop_all_servers(hub)
