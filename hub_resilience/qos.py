@@ -66,10 +66,12 @@ def parse_resource_quantity(value: Any, *, what: str) -> Decimal:
         raise QoSError(f"{what}: {value!r} is not a Kubernetes quantity")
     try:
         quantity = parse_quantity(value)
-    except (ValueError, TypeError, ArithmeticError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:  # InvalidOperation is both
         raise QoSError(
             f"{what}: {value!r} is not a Kubernetes quantity (e.g. '500m', '2', '1Gi'): {e}"
         ) from None
+    if not quantity.is_finite():
+        raise QoSError(f"{what}: {value!r} is not a finite quantity")
     if quantity < 0:
         raise QoSError(f"{what}: {value!r} is negative")
     return quantity

@@ -231,6 +231,12 @@ class TestMakeGuaranteed:
         ):
             make_guaranteed(p)
 
+    @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "inf"])
+    def test_non_finite_quantity_is_a_clear_error(self, bad: str) -> None:
+        p = pod(container("a", None, {"cpu": bad, "memory": "1Gi"}))
+        with pytest.raises(QoSError, match="container 'a': cpu limit"):
+            make_guaranteed(p)
+
     def test_negative_quantity_is_a_clear_error(self) -> None:
         p = pod(container("a", None, {"cpu": "-1", "memory": "1Gi"}))
         with pytest.raises(QoSError, match="cpu limit: '-1' is negative"):

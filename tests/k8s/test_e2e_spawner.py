@@ -12,6 +12,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
+from hub_resilience.culler import Culler
 from hub_resilience.hubclient import HubAPIError
 from tests.k8s.cluster import LocalCluster
 from tests.support.hub import RunningHub, create_users, gather_limited, running_hub, wait_until
@@ -316,6 +318,86 @@ async def test_spawn_phase_metrics_follow_the_real_pods(
     assert sample(families, lag, f"{lag}_count") > 0
     api = "hub_resilience_k8s_api_requests"
     assert sample(families, api, f"{api}_total", operation="create_pod", code="ok") == spawned
+
+
+async def test_hub_metrics_are_complete_and_valid_for_promtool(hub: RunningHub) -> None:
+    """/hub/metrics of a hub running ResilientKubeSpawner carries every metric of the package,
+    each with its help string, and Prometheus' own checker accepts the exposition."""
+    response = await AsyncHTTPClient().fetch(f"{hub.url}/hub/metrics", request_timeout=30)
+    text = response.body.decode()
+    expected = {
+        "hub_resilience_spawn_phase_seconds": "histogram",
+        "hub_resilience_spawn_outcomes": "counter",
+        "hub_resilience_spawn_scale_ups": "counter",
+        "hub_resilience_k8s_api_request_seconds": "histogram",
+        "hub_resilience_k8s_api_requests": "counter",
+        "hub_resilience_k8s_api_retries": "counter",
+        "hub_resilience_user_pods": "gauge",
+        "hub_resilience_event_loop_lag_seconds": "histogram",
+        "process_cpu_seconds": "counter",  # prometheus-client's process metrics
+    }
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, kind in expected.items():
+        assert name in families, name
+        assert families[name].type == kind, name
+        assert families[name].documentation.strip(), f"{name} has no help string"
+    # No per-user label values: user and pod names never appear in our metrics.
+    ours = [line for line in text.splitlines() if line.startswith("hub_resilience_")]
+    assert ours and not any("student-" in line or "jupyter-" in line for line in ours)
+    promtool = await asyncio.create_subprocess_exec(
+        "promtool",
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await promtool.communicate(text.encode())
+    # promtool exits non-zero on an invalid exposition and prints lint problems (e.g. a
+    # counter without _total, a missing help string); we accept neither.
+    assert promtool.returncode == 0, output.decode()
+    assert output.decode().strip() == "", output.decode()
+
+
+async def test_culler_stops_idle_servers_and_their_pods_go(
+    hub: RunningHub, k8s_cluster: LocalCluster
+) -> None:
+    """The package's culler against this hub: idle servers stop and Kubernetes deletes their
+    pods; servers active a moment ago, and their pods, are left alone."""
+    names = [f"student-{i:02d}" for i in range(len(SPAWN_OPTIONS))]
+    active, idle = names[:10], names[10:]
+    timeout = 5.0
+    # Every server started at least `timeout` seconds ago and nothing has reported activity
+    # since, except what this test reports for `active`.
+    await asyncio.sleep(timeout + 1)
+    async with hub.client() as client:
+        now = datetime.now(timezone.utc)
+        for name in active:
+            await client.post_activity(name, last_activity=now, servers={"": now})
+    culler = Culler(api_url=hub.api_url, api_token=hub.token, timeout=timeout, cull_every=60)
+    try:
+        report = await culler.run_cycle()
+    finally:
+        await culler.close()
+    assert report.error is None
+    assert report.servers_culled == len(idle)
+    await wait_until(
+        lambda: (
+            not set(f"jupyter-{n}" for n in idle)
+            & set(user_pods(k8s_cluster, k8s_cluster.namespace))
+        ),
+        timeout=120,
+        interval=0.5,
+        what="the culled servers' pods are deleted",
+    )
+    pods = user_pods(k8s_cluster, k8s_cluster.namespace)
+    assert all(f"jupyter-{n}" in pods for n in active)
+    async with hub.client() as client:
+        for name in active:
+            server = await client.get_server(name)
+            assert server and server.get("ready"), name
+        for name in idle:
+            assert await client.get_server(name) is None, name
 
 
 async def test_profile_that_cannot_be_guaranteed_is_refused_before_any_pod(
