@@ -46,6 +46,12 @@ class SpawnOutcomeCollector(Collector):
         return [CounterMetricFamily(f"{metrics.PREFIX}_spawn_outcomes", "", labels=[])]
 
     def collect(self) -> Iterable[CounterMetricFamily]:
+        # A scrape runs in the hub's event loop: the surest moment to make sure the lag
+        # monitor runs there (the spawner module may have been imported before the loop).
+        try:
+            ensure_event_loop_lag_monitor()
+        except RuntimeError:  # collected outside a running loop
+            pass
         family = CounterMetricFamily(
             f"{metrics.PREFIX}_spawn_outcomes",
             "Spawn outcomes: success, the hub's own refusals (throttled by "

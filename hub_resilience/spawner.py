@@ -46,7 +46,6 @@ class SpawnTiming:
     requested: float
     first_create: float | None = None
     running: float | None = None
-    attempts: int = 0
 
 
 class ResilientKubeSpawner(KubeSpawner):
@@ -209,11 +208,10 @@ class ResilientKubeSpawner(KubeSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timing: SpawnTiming | None = None
-        register_hub_collectors(self._all_user_pods)
-        try:
-            ensure_event_loop_lag_monitor()
-        except RuntimeError:  # constructed outside a running loop (tests, tools)
-            pass
+        # Per operation, for the current start or stop: retries so far and when they began.
+        self._retry_attempts: dict[str, int] = {}
+        self._retry_started: dict[str, float] = {}
+        _start_hub_monitoring()
 
     @classmethod
     def _all_user_pods(cls) -> Iterable[dict]:
@@ -342,13 +340,14 @@ class ResilientKubeSpawner(KubeSpawner):
         await asyncio.sleep(delay)
         return False
 
-    @property
-    def _retry_attempts(self) -> dict[str, int]:
-        return self.__dict__.setdefault("_hr_retry_attempts", {})
+    def _reset_retries(self, operation: str) -> None:
+        self._retry_attempts.pop(operation, None)
+        self._retry_started.pop(operation, None)
 
-    @property
-    def _retry_started(self) -> dict[str, float]:
-        return self.__dict__.setdefault("_hr_retry_started", {})
+    async def stop(self, now: bool = False) -> None:
+        """KubeSpawner's stop, with a fresh retry budget for its pod delete."""
+        self._reset_retries("delete_pod")
+        await super().stop(now=now)
 
     def _observe_phase(self, phase: str, seconds: float) -> None:
         metrics.SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
@@ -365,11 +364,10 @@ class ResilientKubeSpawner(KubeSpawner):
     async def _start(self) -> Any:
         """KubeSpawner's start, timed phase by phase, with failures classified."""
         self._timing = SpawnTiming(requested=time.monotonic())
-        self._retry_attempts.clear()
-        self._retry_started.clear()
+        self._reset_retries("create_pod")
         try:
             url = await super()._start()
-        except BaseException as e:
+        except Exception as e:  # a cancelled start is no outcome: it is not recorded
             outcome, message = self._classify_failure(e)
             self._record_outcome(outcome)
             if isinstance(e, qos.QoSError):
@@ -437,3 +435,21 @@ class ResilientKubeSpawner(KubeSpawner):
                 self._observe_phase("server_ready", time.monotonic() - timing.running)
                 self._record_outcome("success")
             timing.running = None
+
+
+def _start_hub_monitoring() -> None:
+    """Export the scrape-time collectors and sample the event loop's lag, once per process.
+
+    Called when this module is imported (so /hub/metrics carries the collectors before the
+    first spawn) and by each spawner. The lag monitor needs the hub's running loop, which an
+    import may precede; the spawn-outcome collector also starts it at the first scrape.
+    Both steps are idempotent.
+    """
+    register_hub_collectors(ResilientKubeSpawner._all_user_pods)
+    try:
+        ensure_event_loop_lag_monitor()
+    except RuntimeError:  # no running loop (imported by a tool or a test)
+        pass
+
+
+_start_hub_monitoring()

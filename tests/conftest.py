@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,15 +32,16 @@ def offline_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     loopback port, so a test that did call the API would fail loudly rather than reach
     anything.
     """
+    import kubernetes_asyncio.config.kube_config as kube_config
+
     path = tmp_path_factory.mktemp("kube") / "config"
     path.write_text(OFFLINE_KUBECONFIG)
-    old = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("KUBECONFIG", None)
-    else:
-        os.environ["KUBECONFIG"] = old
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBECONFIG", str(path))
+        # kubernetes_asyncio reads $KUBECONFIG once, when it is first imported (which another
+        # test may have done already), so its default location is pointed here as well.
+        patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+        yield path
 
 
 @pytest.fixture

@@ -323,6 +323,8 @@ async def test_spawn_phase_metrics_follow_the_real_pods(
 async def test_hub_metrics_are_complete_and_valid_for_promtool(hub: RunningHub) -> None:
     """/hub/metrics of a hub running ResilientKubeSpawner carries every metric of the package,
     each with its help string, and Prometheus' own checker accepts the exposition."""
+    await scrape(hub)
+    await asyncio.sleep(2)  # the event-loop lag is sampled twice a second
     response = await AsyncHTTPClient().fetch(f"{hub.url}/hub/metrics", request_timeout=30)
     text = response.body.decode()
     expected = {
@@ -341,6 +343,9 @@ async def test_hub_metrics_are_complete_and_valid_for_promtool(hub: RunningHub) 
         assert name in families, name
         assert families[name].type == kind, name
         assert families[name].documentation.strip(), f"{name} has no help string"
+    # Sampled whether or not anyone has spawned yet.
+    lag = families["hub_resilience_event_loop_lag_seconds"]
+    assert any(s.name.endswith("_count") and s.value > 0 for s in lag.samples)
     # No per-user label values: user and pod names never appear in our metrics.
     ours = [line for line in text.splitlines() if line.startswith("hub_resilience_")]
     assert ours and not any("student-" in line or "jupyter-" in line for line in ours)
