@@ -14,6 +14,7 @@ import sys
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hub_resilience.plan_cli",
     "hub_resilience.culler",
+    "hub_resilience.service",
 )
 
 

@@ -158,3 +158,38 @@ CULLER_SKIPPED = Counter(
     "the follow-up wait) or became_active (re-checked and found active).",
     ["reason"],
 )
+
+
+# --- The resilience service (hub_resilience.service, hub_resilience.stopped) ----------------
+# Served by the service's own /metrics (its process's default registry), together with the
+# culler's and the hub API client's metrics above.
+
+#: Values of the ``kind`` label: how a request for a stopped server was classified.
+STOPPED_SERVER_KINDS = (
+    "api",  # a non-GET request, or a path with an "api" segment
+    "xhr",  # X-Requested-With: XMLHttpRequest
+    "websocket",  # an Upgrade: websocket request
+    "json",  # Accept prefers application/json
+    "page",  # a browser navigation: answered with the static "not running" page
+    "resource",  # a sub-resource (script, image...): a plain-text answer
+    "invalid",  # no user name in the path: 404
+)
+
+STOPPED_SERVER_RESPONSES = Counter(
+    f"{PREFIX}_stopped_server_responses_total",
+    "Requests for servers that are not running, answered by the resilience service instead "
+    "of the hub, by kind of request and HTTP status (424, 503 or 404).",
+    ["kind", "status"],
+)
+
+SERVICE_ORPHANED = Gauge(
+    f"{PREFIX}_service_orphaned",
+    "1 while the hub process that started the resilience service is gone (its culler is "
+    "paused, stopped-server requests are still answered until a new hub's service takes "
+    "over), else 0.",
+)
+
+SERVICE_CULLER_ENABLED = Gauge(
+    f"{PREFIX}_service_culler_enabled",
+    "1 when the resilience service runs the culler (and it is not paused), else 0.",
+)

@@ -1,0 +1,551 @@
+"""The resilience service: one process beside the hub for the stopped-server handler, the
+culler, and their metrics.
+
+Why one process: operators switch on one thing (``hub_resilience.configure(c)`` starts it as
+a JupyterHub managed service inside the hub pod), and it serves:
+
+- ``{base_url}user/...``: the stopped-server handler (:mod:`hub_resilience.stopped`), reached
+  through the proxy route ``Proxy.extra_routes`` installs, so requests for servers that are
+  not running never reach the hub;
+- the culler (:class:`hub_resilience.culler.Culler`), running in this process's event loop
+  with the service's token (``JUPYTERHUB_API_URL`` / ``JUPYTERHUB_API_TOKEN``, set by the hub);
+- ``/metrics`` (Prometheus: the handler's, the culler's and the hub API client's metrics) and
+  ``/health`` (JSON; 200 while serving), for Prometheus and probes, directly on its port.
+
+Surviving the hub: the handler never calls the hub, and the culler treats an unreachable hub
+as a failed cycle and tries again next period, so a hub restart underneath the service costs
+nothing. When the hub process that started it dies without stopping it (``--watch-parent``),
+the service carries on answering stopped-server requests (the hub is down: nobody else
+would), pauses its culler, and exits as soon as a new hub's service answers on the same port
+(the listening socket uses ``SO_REUSEPORT``, so both can listen meanwhile) or after
+``orphan_timeout``. A new hub therefore never fails to start its service on a taken port.
+
+Run it with ``hub-resilience service`` (``--help`` lists the flags); ``configure()`` writes
+the command line for the hub.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, validate
+from traitlets.config import Config, LoggingConfigurable
+from traitlets.config.loader import PyFileConfigLoader
+
+from hub_resilience.culler import Culler
+from hub_resilience.metrics import (
+    SERVICE_CULLER_ENABLED,
+    SERVICE_ORPHANED,
+    STOPPED_SERVER_KINDS,
+    STOPPED_SERVER_RESPONSES,
+)
+from hub_resilience.stopped import StoppedServerHandler, StoppedSettings
+
+log = logging.getLogger("hub_resilience.service")
+
+#: Handlers whose requests are logged at debug level: a storm of stopped-server requests,
+#: probes and scrapes must not flood the hub pod's log.
+QUIET_HANDLERS = ("StoppedServerHandler", "HealthHandler", "MetricsHandler")
+
+
+class ResilienceService(LoggingConfigurable):
+    """The service process: a tornado app, the culler, and the watch on the parent hub."""
+
+    ip = Unicode(
+        "127.0.0.1",
+        help="Address to listen on; 0.0.0.0 in a hub pod, so the proxy pod can connect.",
+    ).tag(config=True)
+
+    port = Integer(8181, help="Port to listen on (the proxy's /user/ route targets it).").tag(
+        config=True
+    )
+
+    base_url = Unicode(
+        "/", help="JupyterHub.base_url: the handler answers {base_url}user/..."
+    ).tag(config=True)
+
+    stopped_status = Enum(
+        [424, 503, 404],
+        default_value=424,
+        help="Status for requests to stopped servers: the hub's (424, or 503 with "
+        "use_legacy_stopped_server_status_code), or 404.",
+    ).tag(config=True)
+
+    named_servers = Bool(
+        False,
+        help="JupyterHub.allow_named_servers: /user/<name>/<segment>/ may name a server.",
+    ).tag(config=True)
+
+    stopped_handler = Bool(True, help="Answer requests for stopped servers.").tag(config=True)
+
+    cull = Bool(True, help="Run the culler (configured as c.Culler.<option>).").tag(config=True)
+
+    watch_parent = Bool(
+        False,
+        help="Treat the parent process as the hub that manages this service: when it is gone, "
+        "pause the culler and exit once a new service answers on the port (or after "
+        "orphan_timeout). configure() sets it.",
+    ).tag(config=True)
+
+    parent_check_interval = Float(
+        1.0, help="Seconds between checks of the parent hub, and of a successor, when orphaned."
+    ).tag(config=True)
+
+    orphan_timeout = Float(
+        600.0,
+        help="Seconds an orphaned service keeps answering before it exits even without a "
+        "successor.",
+    ).tag(config=True)
+
+    shutdown_timeout = Float(
+        5.0,
+        help="Seconds to let requests in progress finish when stopping (below the 10 s the "
+        "hub waits for a managed service to stop after SIGINT).",
+    ).tag(config=True)
+
+    @default("log")
+    def _default_log(self) -> logging.Logger:
+        return log
+
+    @validate("port")
+    def _valid_port(self, proposal: Any) -> int:
+        if not 1 <= proposal.value <= 65535:
+            raise TraitError(f"ResilienceService.port must be a port number, not {proposal.value}")
+        return proposal.value
+
+    @validate("base_url")
+    def _valid_base_url(self, proposal: Any) -> str:
+        value = proposal.value
+        if not value.startswith("/"):
+            value = "/" + value
+        return value if value.endswith("/") else value + "/"
+
+    @validate("parent_check_interval", "orphan_timeout", "shutdown_timeout")
+    def _positive(self, proposal: Any) -> float:
+        if not proposal.value > 0:
+            raise TraitError(
+                f"ResilienceService.{proposal.trait.name} must be > 0, not {proposal.value}"
+            )
+        return proposal.value
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.culler: Culler | None = Culler(parent=self) if self.cull else None
+        if self.culler is not None:
+            self.culler.client  # noqa: B018 - fail now when JUPYTERHUB_API_URL/TOKEN are unset
+        self.orphaned = False
+        self.started_at = time.time()
+        self._server: HTTPServer | None = None
+        self._stopping = asyncio.Event()
+        self._culler_paused = False
+        self._tasks: list[asyncio.Task] = []
+
+    # -- the web application ----------------------------------------------------------------
+
+    @property
+    def stopped_settings(self) -> StoppedSettings:
+        return StoppedSettings(
+            base_url=self.base_url, status=self.stopped_status, named_servers=self.named_servers
+        )
+
+    def make_app(self) -> web.Application:
+        handlers: list[Any] = [
+            (r"/health", HealthHandler, {"service": self}),
+            (r"/metrics", MetricsHandler),
+        ]
+        if self.stopped_handler:
+            handlers.append((
+                rf"{re.escape(self.base_url)}user(?:/.*)?",
+                StoppedServerHandler,
+                {"settings": self.stopped_settings},
+            ))
+        return web.Application(
+            handlers, default_handler_class=NotFoundHandler, log_function=log_request
+        )
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` reports."""
+        culler: dict[str, Any] | None = None
+        if self.culler is not None:
+            report = self.culler.last_report
+            last = None
+            if report is not None:
+                last = {
+                    "ok": report.error is None,
+                    "error": report.error,
+                    "seconds_since_end": round(time.monotonic() - report.ended_at, 1),
+                    "servers_culled": report.servers_culled,
+                    "users_culled": report.users_culled,
+                }
+            culler = {
+                "running": not self._culler_paused,
+                "cycles": self.culler.cycles_run,
+                "last_cycle": last,
+            }
+        return {
+            "status": "stopping" if self._stopping.is_set() else "ok",
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "orphaned": self.orphaned,
+            "stopped_handler": self.stopped_handler,
+            "stopped_status": self.stopped_status,
+            "culler": culler,
+        }
+
+    # -- running ----------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Bind the port (with SO_REUSEPORT, so a successor can bind while an orphan runs)."""
+        sockets = bind_sockets(self.port, address=self.ip, reuse_port=True)
+        self._server = HTTPServer(self.make_app())
+        self._server.add_sockets(sockets)
+        self.log.info(
+            "hub-resilience service listening on %s:%d (stopped-server handler: %s, "
+            "culler: %s)",
+            self.ip, self.port,
+            f"{self.base_url}user/ -> {self.stopped_status}" if self.stopped_handler else "off",
+            "on" if self.culler is not None else "off",
+        )
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; returns after a clean shutdown."""
+        status = str(self.stopped_status)
+        for kind in STOPPED_SERVER_KINDS:  # every series exists from the start, at 0
+            STOPPED_SERVER_RESPONSES.labels(kind, "404" if kind == "invalid" else status)
+        SERVICE_ORPHANED.set(0)
+        if self._server is None:
+            self.listen()
+        if self.culler is not None:
+            SERVICE_CULLER_ENABLED.set(1)
+            self._tasks.append(asyncio.create_task(self._run_culler()))
+        else:
+            SERVICE_CULLER_ENABLED.set(0)
+        if self.watch_parent:
+            self._tasks.append(asyncio.create_task(self._watch_parent()))
+        await self._stopping.wait()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down (signal handlers call this)."""
+        if not self._stopping.is_set():
+            self.log.info("Stopping the hub-resilience service")
+        self._stopping.set()
+        if self.culler is not None:
+            self.culler.stop()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.culler is not None:
+            await self.culler.close()
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.close_all_connections(), self.shutdown_timeout)
+            except asyncio.TimeoutError:
+                self.log.warning("Connections still open after %.0fs; exiting anyway",
+                                 self.shutdown_timeout)
+
+    async def _run_culler(self) -> None:
+        """Run the culler; if it ever fails outright, restart it after a pause (the handler
+        keeps serving whatever happens to the culler)."""
+        assert self.culler is not None
+        while not self._stopping.is_set() and not self._culler_paused:
+            try:
+                await self.culler.run_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("The culler failed; restarting it in %.0fs",
+                                   self.culler.period)
+                if await self._sleep(self.culler.period):
+                    return
+            else:
+                return  # stopped on purpose
+
+    def _pause_culler(self) -> None:
+        if self.culler is not None and not self._culler_paused:
+            self._culler_paused = True
+            SERVICE_CULLER_ENABLED.set(0)
+            self.culler.stop()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, waking early when stopping; True if stopping."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _watch_parent(self) -> None:
+        parent = os.getppid()
+        while os.getppid() == parent:
+            if await self._sleep(self.parent_check_interval):
+                return
+        self.orphaned = True
+        SERVICE_ORPHANED.set(1)
+        self.log.warning(
+            "The hub process (pid %d) that started this service is gone: culler paused; still "
+            "answering stopped-server requests until a new hub's service answers on port %d "
+            "(at most %.0fs)", parent, self.port, self.orphan_timeout,
+        )
+        self._pause_culler()
+        deadline = time.monotonic() + self.orphan_timeout
+        while True:
+            if await self._successor_answers():
+                self.log.info("A new hub-resilience service answers on port %d; exiting",
+                              self.port)
+                break
+            if time.monotonic() > deadline:
+                self.log.warning("No new hub-resilience service after %.0fs; exiting",
+                                 self.orphan_timeout)
+                break
+            if await self._sleep(self.parent_check_interval):
+                return
+        self.stop()
+
+    async def _successor_answers(self, attempts: int = 4) -> bool:
+        """Whether another process answers /health on our port. Each attempt is a new
+        connection, which the kernel hands to one of the listening sockets."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.ip, self.ip)
+        if ":" in host:
+            host = f"[{host}]"
+        http = AsyncHTTPClient(force_instance=True)
+        try:
+            for _ in range(attempts):
+                try:
+                    response = await http.fetch(
+                        f"http://{host}:{self.port}/health", request_timeout=2, raise_error=False
+                    )
+                    pid = json.loads(response.body or b"{}").get("pid")
+                except Exception:  # not answering, or not JSON: no successor seen this time
+                    continue
+                if isinstance(pid, int) and pid != os.getpid():
+                    return True
+        finally:
+            http.close()
+        return False
+
+
+class HealthHandler(web.RequestHandler):
+    """``GET /health``: 200 and a JSON summary while the service serves."""
+
+    def initialize(self, service: ResilienceService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(self.service.health()))
+
+
+class MetricsHandler(web.RequestHandler):
+    """``GET /metrics``: this process's Prometheus metrics."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(REGISTRY))
+
+
+class NotFoundHandler(web.RequestHandler):
+    """Anything else: a small JSON 404."""
+
+    def prepare(self) -> None:
+        self.set_status(404)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": 404, "message": "Not found"}))
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado's access log, quiet for the handler, probes and scrapes."""
+    status = handler.get_status()
+    quiet = type(handler).__name__ in QUIET_HANDLERS
+    level = logging.ERROR if status >= 500 else (logging.DEBUG if quiet else logging.INFO)
+    log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+            1000 * handler.request.request_time())
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+class OptionError(ValueError):
+    """A command-line value that cannot be used; the message names the flag."""
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_culler_option(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` for a Culler trait, with VALUE read as that trait's type."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    traits = {
+        n: t for n, t in Culler.class_traits(config=True).items()
+        if n not in ("api_url", "api_token")
+    }
+    if not sep or not name:
+        raise OptionError(f"--culler-option {text!r}: expected NAME=VALUE")
+    trait = traits.get(name)
+    if trait is None:
+        raise OptionError(
+            f"--culler-option {name}: no such culler option; valid: {', '.join(sorted(traits))}"
+        )
+    try:
+        if isinstance(trait, Bool):
+            lowered = raw.strip().lower()
+            if lowered not in _TRUE + _FALSE:
+                raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+            return name, lowered in _TRUE
+        return name, trait.from_string(raw.strip())
+    except (ValueError, TraitError) as e:
+        raise OptionError(f"--culler-option {name}={raw!r}: {e}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    traits = ResilienceService.class_traits()
+
+    def helptext(name: str) -> str:
+        return traits[name].help
+
+    parser.add_argument("--ip", default=None, help=helptext("ip"))
+    parser.add_argument("--port", type=int, default=None, help=helptext("port"))
+    parser.add_argument("--base-url", default=None, help=helptext("base_url"))
+    parser.add_argument(
+        "--stopped-status", type=int, choices=[424, 503, 404], default=None,
+        help=helptext("stopped_status"),
+    )
+    parser.add_argument(
+        "--named-servers", action=argparse.BooleanOptionalAction, default=None,
+        help=helptext("named_servers"),
+    )
+    parser.add_argument(
+        "--stopped-handler", action=argparse.BooleanOptionalAction, default=None,
+        help=helptext("stopped_handler"),
+    )
+    parser.add_argument(
+        "--cull", action=argparse.BooleanOptionalAction, default=None, help=helptext("cull")
+    )
+    parser.add_argument(
+        "--culler-option", action="append", default=[], metavar="NAME=VALUE",
+        help="A culler option (a hub_resilience.culler.Culler trait, see docs/culler.md), "
+        "e.g. timeout=3600; repeat for several.",
+    )
+    parser.add_argument(
+        "--watch-parent", action=argparse.BooleanOptionalAction, default=None,
+        help=helptext("watch_parent"),
+    )
+    parser.add_argument(
+        "--orphan-timeout", type=float, default=None, help=helptext("orphan_timeout")
+    )
+    parser.add_argument(
+        "--config", default=None,
+        help="A traitlets config file (c.ResilienceService.<option>, c.Culler.<option>); "
+        "flags override it.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="Log level.",
+    )
+
+
+#: ResilienceService traits set by the flag of the same name.
+_SERVICE_FLAGS = (
+    "ip", "port", "base_url", "stopped_status", "named_servers", "stopped_handler", "cull",
+    "watch_parent", "orphan_timeout",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """A traitlets Config from the config file (if any) overlaid with the flags."""
+    config = Config()
+    if args.config:
+        directory, filename = os.path.split(os.path.abspath(args.config))
+        config.merge(PyFileConfigLoader(filename, path=directory).load_config())
+    for trait in _SERVICE_FLAGS:
+        value = getattr(args, trait)
+        if value is not None:
+            config.ResilienceService[trait] = value
+    for text in args.culler_option:
+        name, value = parse_culler_option(text)
+        config.Culler[name] = value
+    return config
+
+
+def _install_signal_handlers(service: ResilienceService) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+
+
+async def _serve(service: ResilienceService) -> int:
+    _install_signal_handlers(service)
+    try:
+        service.listen()
+    except OSError as e:
+        service.log.error("Cannot listen on %s:%d: %s", service.ip, service.port, e)
+        return 1
+    await service.run()
+    return 0
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the service from parsed arguments; returns the exit status."""
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
+    )
+    try:
+        config = config_from_args(args)
+
+        async def main() -> int:
+            # Constructed inside the loop: its asyncio primitives belong to it.
+            return await _serve(ResilienceService(config=config))
+
+        return asyncio.run(main())
+    except (OptionError, TraitError, ValueError, OSError) as e:
+        print(f"hub-resilience service: {e}", file=sys.stderr)
+        return 2
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``service`` subcommand to the ``hub-resilience`` command."""
+    parser = subparsers.add_parser(
+        "service",
+        help="Run the resilience service: stopped-server handler, culler, metrics, health.",
+        description="Run the hub-resilience service beside JupyterHub (as a managed service "
+        "that hub_resilience.configure() sets up): answers requests for stopped servers "
+        "under {base_url}user/ without the hub, culls idle servers, and serves /metrics and "
+        "/health on its port. The culler uses JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run_from_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hub_resilience.service``: the same as ``hub-resilience service``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hub_resilience.service",
+        description="Run the hub-resilience service (see `hub-resilience service --help`).",
+    )
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
