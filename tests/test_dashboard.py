@@ -1,0 +1,356 @@
+"""The Grafana dashboard: valid dashboard JSON, valid PromQL, and only real metric names.
+
+Metric names are never listed here: they are collected from the live code, in a fresh Python
+process, by importing every module of ``hub_resilience`` and JupyterHub's ``jupyterhub.metrics``
+and reading prometheus-client's default registry (JupyterHub's metrics, the package's, and
+prometheus-client's own process and platform collectors), plus the ``describe()`` of every
+collector class the package defines (registered only inside the hub). tests/test_alerts.py
+checks the alert rules against the same names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from hub_resilience import hub_metrics, metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "monitoring" / "grafana-dashboard.json"
+
+# --- metric names the code really exports ---------------------------------------------------
+
+_COLLECT_NAMES = r"""
+import importlib, inspect, json, pkgutil, sys
+import jupyterhub.metrics  # noqa: F401 - JupyterHub's metrics register at import
+import hub_resilience
+from prometheus_client import REGISTRY
+from prometheus_client.registry import Collector
+
+families = list(REGISTRY.collect())
+for info in pkgutil.walk_packages(hub_resilience.__path__, "hub_resilience."):
+    if info.name.endswith(".__main__"):
+        continue
+    module = importlib.import_module(info.name)
+    for obj in vars(module).values():
+        if inspect.isclass(obj) and obj.__module__ == module.__name__ \
+                and Collector in obj.__mro__[1:]:
+            if not hasattr(obj, "describe"):
+                sys.exit(f"{module.__name__}.{obj.__name__} has no describe(): add one so the "
+                         "names of the metrics it exports can be checked")
+            # describe() reports what a collector exports without needing its data source.
+            families.extend(object.__new__(obj).describe())
+families.extend(REGISTRY.collect())  # modules imported above registered more
+print(json.dumps(sorted({(f.name, f.type) for f in families}
+                        | {(s.name, "sample") for f in families for s in f.samples})))
+"""
+
+#: Series names a family of each type exposes (prometheus-client's exposition; ``_created``
+#: series count only where a collected sample shows them).
+_SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    "summary": ("", "_count", "_sum"),
+    "info": ("_info",),
+}
+
+
+@functools.cache
+def exported_metric_names() -> frozenset[str]:
+    """Every series name the package, JupyterHub and prometheus-client export."""
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_METRICS_PREFIX"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COLLECT_NAMES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"collecting metric names failed:\n{result.stderr}"
+    names = set()
+    for name, kind in json.loads(result.stdout):
+        if kind == "sample":
+            names.add(name)
+        else:
+            names.update(name + suffix for suffix in _SERIES_SUFFIXES.get(kind, ("",)))
+    return frozenset(names)
+
+
+def family_series(metric: object) -> set[str]:
+    """The series names of one of the package's metric objects or collector classes."""
+    if isinstance(metric, type):
+        families = object.__new__(metric).describe()
+    else:
+        families = metric.describe()
+    return {
+        f.name + suffix for f in families for suffix in _SERIES_SUFFIXES.get(f.type, ("",))
+    }
+
+
+# --- PromQL --------------------------------------------------------------------------------
+
+_PROMQL_KEYWORDS = frozenset(
+    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+     "bool", "offset", "atan2", "inf", "nan"}
+)
+_GRAFANA_VARIABLE = re.compile(r"\$\{[^}]*\}|\$\w+")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w:.])[A-Za-z_:][\w:]*")
+
+
+def grafana_to_promql(expr: str) -> str:
+    """Replace Grafana's variables so the expression is plain PromQL."""
+    expr = expr.replace("$__rate_interval", "5m").replace("${__rate_interval}", "5m")
+    expr = re.sub(r"\$__(?:interval|range)\b", "5m", expr)
+    return _GRAFANA_VARIABLE.sub(".+", expr)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (strings, label matchers, ranges,
+    grouping labels, functions and keywords left out)."""
+    expr = _STRING.sub('""', grafana_to_promql(expr))
+    expr = re.sub(r"\{[^}]*\}", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    expr = _GROUPING.sub(" ", expr)
+    names = set()
+    for match in _IDENTIFIER.finditer(expr):
+        word = match.group()
+        if word.lower() in _PROMQL_KEYWORDS:
+            continue
+        if re.match(r"\s*\(", expr[match.end():]):
+            continue  # a function or aggregation
+        names.add(word)
+    return names
+
+
+def test_promql_metric_names_finds_names_and_only_names() -> None:
+    expr = (
+        'sum by (job, le) (rate(a_bucket{code=~"4..", x="y{z}"}[$__rate_interval] offset 1h))'
+        " / on (job) group_left () b_total > bool 0.5 and on (job) time() - c:recorded"
+        " unless topk(5, d{le=\"+Inf\"}) or vector(1e3) * Inf"
+    )
+    assert promql_metric_names(expr) == {"a_bucket", "b_total", "c:recorded", "d"}
+
+
+def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run promtool, failing the test with a clear message when it is not installed."""
+    if shutil.which("promtool") is None:
+        pytest.fail(
+            "promtool is not on PATH: install Debian's 'prometheus' package "
+            "(scripts/bootstrap.sh does)"
+        )
+    return subprocess.run(
+        ["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+# --- the dashboard -------------------------------------------------------------------------
+
+#: The parts of Grafana's classic dashboard model (schemaVersion 39) that an import reads.
+DASHBOARD_SCHEMA = {
+    "type": "object",
+    "required": ["title", "uid", "schemaVersion", "panels", "templating", "time"],
+    "properties": {
+        "title": {"type": "string", "minLength": 1},
+        "uid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"},
+        "schemaVersion": {"type": "integer", "minimum": 30},
+        "editable": {"type": "boolean"},
+        "graphTooltip": {"enum": [0, 1, 2]},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "time": {
+            "type": "object",
+            "required": ["from", "to"],
+            "properties": {"from": {"type": "string"}, "to": {"type": "string"}},
+        },
+        "templating": {
+            "type": "object",
+            "required": ["list"],
+            "properties": {
+                "list": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "type"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": r"^\w+$"},
+                            "type": {
+                                "enum": ["query", "datasource", "custom", "constant",
+                                         "interval", "textbox", "adhoc"]
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        "panels": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/panel"}},
+    },
+    "$defs": {
+        "gridPos": {
+            "type": "object",
+            "required": ["h", "w", "x", "y"],
+            "properties": {
+                "h": {"type": "integer", "minimum": 1},
+                "w": {"type": "integer", "minimum": 1, "maximum": 24},
+                "x": {"type": "integer", "minimum": 0, "maximum": 23},
+                "y": {"type": "integer", "minimum": 0},
+            },
+        },
+        "datasource": {
+            "type": "object",
+            "required": ["type", "uid"],
+            "properties": {"type": {"const": "prometheus"}, "uid": {"const": "${datasource}"}},
+        },
+        "panel": {
+            "type": "object",
+            "required": ["type", "id", "gridPos", "title"],
+            "properties": {
+                "type": {"enum": ["row", "timeseries", "stat", "gauge", "table", "bargauge",
+                                  "heatmap", "text"]},
+                "id": {"type": "integer", "minimum": 1},
+                "title": {"type": "string", "minLength": 1},
+                "gridPos": {"$ref": "#/$defs/gridPos"},
+                "datasource": {"$ref": "#/$defs/datasource"},
+                "targets": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["refId", "expr", "datasource"],
+                        "properties": {
+                            "refId": {"type": "string", "pattern": "^[A-Z]$"},
+                            "expr": {"type": "string", "minLength": 1},
+                            "datasource": {"$ref": "#/$defs/datasource"},
+                        },
+                    },
+                },
+                "fieldConfig": {
+                    "type": "object",
+                    "required": ["defaults", "overrides"],
+                    "properties": {"overrides": {"type": "array"}},
+                },
+            },
+            "if": {"properties": {"type": {"const": "row"}}},
+            "then": {"required": ["panels"]},
+            "else": {"required": ["targets", "datasource", "fieldConfig", "options"],
+                     "properties": {"targets": {"minItems": 1}}},
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(where, expr) for every panel query and every query variable."""
+    found = [
+        (f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        query = variable["query"]
+        query = query["query"] if isinstance(query, dict) else query
+        # Grafana's label_values(<series selector>, <label>): only the selector is PromQL.
+        match = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query)
+        found.append((f"variable {variable['name']}", match.group(1) if match else query))
+    return found
+
+
+def test_dashboard_is_valid_grafana_dashboard_json(dashboard: dict) -> None:
+    jsonschema.validate(dashboard, DASHBOARD_SCHEMA)
+
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    occupied: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, f"{panel['title']!r} is wider than the grid"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in occupied, (
+                    f"{panel['title']!r} overlaps {occupied[(x, y)]!r}"
+                )
+                occupied[(x, y)] = panel["title"]
+        refs = [target["refId"] for target in panel.get("targets", [])]
+        assert len(refs) == len(set(refs)), f"{panel['title']!r} repeats a refId"
+
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert any(
+        v["type"] == "datasource" and v["query"] == "prometheus"
+        for v in dashboard["templating"]["list"]
+    ), "the dashboard needs a Prometheus data source variable"
+    for where, expr in _queries(dashboard):
+        for used in re.findall(r"\$\{?(\w+)", expr):
+            assert used in variables or used.startswith("__"), f"{where} uses undefined ${used}"
+
+
+def test_every_query_names_a_metric_the_code_exports(dashboard: dict) -> None:
+    exported = exported_metric_names()
+    # The collection itself must have found both sides, or the check below means nothing.
+    assert family_series(metrics.EVENT_LOOP_LAG_SECONDS) <= exported
+    assert family_series(hub_metrics.SpawnOutcomeCollector) <= exported
+    assert "process_cpu_seconds_total" in exported
+    assert "jupyterhub_request_duration_seconds_count" in exported
+
+    unknown = {}
+    for where, expr in _queries(dashboard):
+        names = promql_metric_names(expr)
+        assert names, f"{where}: no metric name found in {expr!r}"
+        missing = names - exported
+        if missing:
+            unknown[where] = sorted(missing)
+    assert not unknown, f"queries name metrics nothing exports: {unknown}"
+
+
+def test_every_query_is_valid_promql(dashboard: dict, tmp_path: Path) -> None:
+    """promtool parses each query (Grafana variables replaced) as a recording rule."""
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": grafana_to_promql(expr)}
+        for i, (_, expr) in enumerate(_queries(dashboard))
+    ]
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run_promtool("check", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_shows_what_the_issue_asks_for(dashboard: dict) -> None:
+    """Spawn phases, outcomes with throttled apart from failed, hub event-loop lag and CPU,
+    stopped-server handler traffic, culler cycles, user pods by QoS class."""
+    exprs = [expr for _, expr in _queries(dashboard)]
+    used = set().union(*(promql_metric_names(expr) for expr in exprs))
+    wanted = {
+        "spawn phases": family_series(metrics.SPAWN_PHASE_SECONDS),
+        "spawn outcomes": family_series(hub_metrics.SpawnOutcomeCollector),
+        "event-loop lag": family_series(metrics.EVENT_LOOP_LAG_SECONDS),
+        "hub CPU": {"process_cpu_seconds_total"},
+        "stopped-server handler": family_series(metrics.STOPPED_SERVER_RESPONSES),
+        "culler cycles": family_series(metrics.CULLER_CYCLES),
+        "user pods by QoS": family_series(hub_metrics.UserPodQoSCollector),
+    }
+    for what, series in wanted.items():
+        assert used & series, f"no panel shows {what} ({sorted(series)})"
+
+    outcomes = [expr for expr in exprs if "spawn_outcomes" in expr]
+    refusals = '"throttled|over_active_limit"'
+    assert any(f"outcome=~{refusals}" in expr for expr in outcomes), "no panel of refusals"
+    assert any(
+        "outcome!~" in expr and "throttled" in expr for expr in outcomes
+    ), "no panel of failures with the hub's refusals excluded"
