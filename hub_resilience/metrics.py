@@ -76,8 +76,9 @@ K8S_API_REQUEST_SECONDS = Histogram(
 
 K8S_API_REQUESTS = Counter(
     f"{PREFIX}_k8s_api_requests",
-    "The spawner's Kubernetes API requests, by operation and HTTP status code "
-    "('timeout' when no answer came in time). 429 counts requests the API server throttled.",
+    "The spawner's Kubernetes API requests, by operation and result: 'ok', 'retry' (no "
+    "answer in time, or a conflict KubeSpawner resolves and retries) or the HTTP status of "
+    "an error; code 429 counts requests the API server throttled.",
     ["operation", "code"],
 )
 
