@@ -208,6 +208,7 @@ class ResilientKubeSpawner(KubeSpawner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timing: SpawnTiming | None = None
+        self._validated_profile: str | None = None
         # Per operation, for the current start or stop: retries so far and when they began.
         self._retry_attempts: dict[str, int] = {}
         self._retry_started: dict[str, float] = {}
@@ -230,15 +231,19 @@ class ResilientKubeSpawner(KubeSpawner):
             retry_after_cap=self.k8s_retry_after_cap,
         )
 
+    async def load_user_options(self) -> None:
+        """KubeSpawner's, remembering the profile once it has validated it."""
+        self._validated_profile = None
+        await super().load_user_options()
+        # KubeSpawner refuses a slug that is not in the (possibly callable) profile_list.
+        self._validated_profile = self.profile_name
+
     @property
     def profile_label(self) -> str:
         """The profile as a metric label: a configured slug, never a free-form value."""
-        slug = self.profile_name
-        if not slug:
+        if not self.profile_name:
             return metrics.NO_PROFILE
-        profiles = self.profile_list if isinstance(self.profile_list, list) else []
-        known = {p.get("slug") for p in profiles if isinstance(p, dict)}
-        return slug if slug in known else metrics.OTHER_PROFILE
+        return self._validated_profile or metrics.OTHER_PROFILE
 
     @property
     def profile_name(self) -> str | None:

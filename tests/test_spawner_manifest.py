@@ -273,3 +273,17 @@ async def test_malformed_override_quantity_fails_before_the_api(make_spawner) ->
         match="profile 'broken', container 'typo': memory limit: '1.5Gx' is not a Kubernetes",
     ):
         await spawner.get_pod_manifest()
+
+
+async def test_profile_label_is_a_configured_slug_or_a_fixed_word(make_spawner) -> None:
+    """Metric labels come from the operator's profile_list, never from what a user sent."""
+    spawner, _ = await build(make_spawner, {"profile": "large"})
+    assert spawner.profile_label == "large"
+
+    spawner = make_spawner({"profile_list": PROFILES})
+    spawner.user_options = {"profile": "made-up-by-a-user-1234"}
+    with pytest.raises(ValueError):
+        await spawner.load_user_options()
+    assert spawner.profile_label == "other"
+
+    assert make_spawner({}).profile_label == "default"
