@@ -15,6 +15,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hub_resilience.plan_cli",
     "hub_resilience.culler",
     "hub_resilience.service",
+    "hub_resilience.simulate",
+    "hub_resilience.demo",
 )
 
 

@@ -1,0 +1,413 @@
+"""``hub-resilience demo``: a small workshop on a local hub with hub-resilience switched on.
+
+The README's main command, so that anyone can see what the package does on their own machine
+with nothing to set up: it starts a real JupyterHub and its real configurable-http-proxy on
+loopback, switched on with :func:`hub_resilience.configure` (the resilience service with the
+stopped-server handler, the culler and its ``/metrics``, tuned activity intervals, a
+``concurrent_spawn_limit``), with lightweight simulated single-user servers
+(:class:`hub_resilience.simulated.SimulatedSpawner`). Then a workshop happens
+(:mod:`hub_resilience.simulate`): by default 200 students click "Start" at the same moment,
+the hub throttles them and they wait out its 429s, each works for a little while (activity
+reports), stops their server and leaves a browser tab polling it, which the stopped-server
+handler answers instead of the hub. The report says how long everyone waited and what the
+hub had to serve; then everything is stopped and removed.
+
+``--kubernetes`` runs the same workshop with :class:`hub_resilience.spawner.
+ResilientKubeSpawner` against the local Kubernetes control plane of ``tests/k8s`` (started
+from the repository checkout; kube-apiserver, kube-scheduler and etcd are real, the kubelets
+are KWOK's), or against a cluster given with ``--kubeconfig``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient
+
+from hub_resilience.hubclient import HubAPIError
+from hub_resilience.loadreport import LoadReport
+from hub_resilience.localhub import LocalHub, local_hub, unused_port
+from hub_resilience.simulate import (
+    Simulation,
+    SimulationPlan,
+    add_plan_arguments,
+    emit_report,
+    exit_status,
+    plan_from_args,
+    progress_printer,
+)
+
+log = logging.getLogger(__name__)
+
+#: The embedded default workshop.
+DEFAULT_USERS = 200
+DEFAULT_KUBERNETES_USERS = 60
+DEFAULT_SPAWN_LIMIT = 20
+DEFAULT_START_DELAY = 2.0
+DEFAULT_HOLD = 10.0
+DEFAULT_ACTIVITY_INTERVAL = 5.0
+DEFAULT_TAB_REQUESTS = 3
+
+#: The pod every simulated student gets on Kubernetes: small, so that the workshop fits on
+#: the local cluster's four fake 4-CPU nodes; ResilientKubeSpawner makes it Guaranteed.
+KUBERNETES_IMAGE = "quay.io/jupyter/base-notebook:latest"
+KUBERNETES_CPU = 0.1
+KUBERNETES_MEMORY = "128M"
+
+EXIT_SET_UP_FAILED = 2
+
+
+@dataclass(frozen=True)
+class KubernetesTarget:
+    """Where the hub's spawner creates pods."""
+
+    kubeconfig: Path
+    namespace: str
+
+
+def hub_config(
+    *,
+    service_port: int,
+    spawn_limit: int,
+    start_delay: float,
+    expected_servers: int,
+    kubernetes: KubernetesTarget | None = None,
+) -> str:
+    """The demo hub's config: the package switched on with configure(), nothing else
+    changed but what the demo needs (simulated or tiny pods, metrics readable without a
+    login so the printed /metrics address opens in a browser)."""
+    lines = [
+        "from hub_resilience import configure",
+        "c.JupyterHub.authenticate_prometheus = False",
+    ]
+    if kubernetes is None:
+        lines.append(f"c.SimulatedSpawner.start_delay = {start_delay!r}")
+        spawner = "spawner_class=None,  # keep the SimulatedSpawner"
+    else:
+        lines += [
+            f"c.KubeSpawner.namespace = {kubernetes.namespace!r}",
+            f"c.KubeSpawner.image = {KUBERNETES_IMAGE!r}",
+            'c.KubeSpawner.cmd = ["jupyterhub-singleuser"]',
+            f"c.KubeSpawner.cpu_limit = {KUBERNETES_CPU!r}",
+            f"c.KubeSpawner.mem_limit = {KUBERNETES_MEMORY!r}",
+            "c.KubeSpawner.start_timeout = 300",
+            "c.KubeSpawner.http_timeout = 120",
+            "c.KubeSpawner.k8s_api_request_retry_timeout = 120",
+        ]
+        spawner = "# spawner_class: the default, resilient-kubespawner"
+    lines += [
+        "configure(",
+        "    c,",
+        f"    {spawner}",
+        f"    service_port={service_port},",
+        f"    concurrent_spawn_limit={spawn_limit},",
+        f"    expected_servers={max(1, expected_servers)},",
+        ")",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def default_plan(kubernetes: bool) -> SimulationPlan:
+    """The embedded workshop: a burst of students who work, stop, and leave a tab open."""
+    return SimulationPlan(
+        users=DEFAULT_KUBERNETES_USERS if kubernetes else DEFAULT_USERS,
+        hold=DEFAULT_HOLD,
+        activity_interval=DEFAULT_ACTIVITY_INTERVAL,
+        stop=True,
+        tab_requests=DEFAULT_TAB_REQUESTS,
+        timeout=600.0,
+        user_prefix="student-",
+    )
+
+
+def stopped_responses(metrics_text: str) -> int:
+    """Requests the stopped-server handler answered, from the service's /metrics text."""
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "hub_resilience_stopped_server_responses_total":
+                total += sample.value
+    return int(total)
+
+
+def summary_lines(
+    report: LoadReport, *, hub_metrics: str, service_metrics: str, handled: int | None
+) -> list[str]:
+    """What the demo adds to the simulator's report: who answered the open tabs, and where
+    the metrics are."""
+    lines = []
+    tabs = sum(report.tab_requests.values())
+    if tabs:
+        hub_share = 0
+        if report.hub is not None:
+            hub_share = sum(
+                report.hub.by_handler.get(h, 0) for h in ("UserUrlHandler", "PrefixRedirectHandler")
+            )
+        answered = "" if handled is None else f"{handled} answered by the stopped-server handler, "
+        lines.append(
+            f"  open tabs            {tabs} requests to stopped servers: {answered}"
+            f"{hub_share} reached the hub"
+        )
+    lines.append(f"  hub metrics          {hub_metrics}")
+    lines.append(f"  service metrics      {service_metrics}")
+    lines.append("                       (up until the demo ends; --keep-running keeps them)")
+    return lines
+
+
+async def _fetch_text(url: str) -> str | None:
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await http.fetch(url, raise_error=False, request_timeout=10)
+    except OSError:
+        return None
+    finally:
+        http.close()
+    return response.body.decode("utf-8", "replace") if response.code == 200 else None
+
+
+async def _wait_for_service(url: str, hub: LocalHub, timeout: float = 60.0) -> None:
+    """The hub starts its managed service in the background; wait until it answers."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await _fetch_text(url) is None:
+        if loop.time() > deadline:
+            raise RuntimeError(
+                f"the resilience service did not answer at {url} within {timeout:.0f}s; "
+                f"hub log tail:\n" + "\n".join(hub.log_text().splitlines()[-30:])
+            )
+        await asyncio.sleep(0.2)
+
+
+async def run_demo(
+    plan: SimulationPlan,
+    *,
+    spawn_limit: int,
+    start_delay: float,
+    kubernetes: KubernetesTarget | None,
+    work_dir: Path,
+    keep_files: bool,
+    keep_running: bool,
+    as_json: bool,
+    out: TextIO,
+) -> int:
+    """Start the hub, run the workshop, print the report, stop everything."""
+    info = sys.stderr if as_json else out
+    service_port = unused_port()
+    config = hub_config(
+        service_port=service_port,
+        spawn_limit=spawn_limit,
+        start_delay=start_delay,
+        expected_servers=plan.users,
+        kubernetes=kubernetes,
+    )
+    env = {"KUBECONFIG": str(kubernetes.kubeconfig)} if kubernetes else None
+    where = "the local Kubernetes cluster" if kubernetes else "simulated servers"
+    print(
+        f"Starting a local JupyterHub + configurable-http-proxy with hub-resilience switched "
+        f"on ({where}, concurrent_spawn_limit {spawn_limit})...",
+        file=info, flush=True,
+    )
+    async with local_hub(
+        config, directory=work_dir, env=env, start_timeout=120,
+        service_name="demo-admin",
+    ) as hub:
+        service_metrics = f"http://127.0.0.1:{service_port}/metrics"
+        await _wait_for_service(service_metrics, hub)
+        print(
+            f"  hub                  {hub.url}/\n"
+            f"  hub metrics          {hub.metrics_url}\n"
+            f"  service metrics      {service_metrics}\n"
+            f"  logs                 {hub.config_dir}"
+            + ("" if keep_files else " (removed at the end; --work-dir keeps them)"),
+            file=info, flush=True,
+        )
+        print(
+            f"A workshop: {plan.users} students, {plan.describe_arrival()}; each works for "
+            f"{plan.hold:g} s, stops the server and leaves a tab polling it "
+            f"({plan.tab_requests} requests).",
+            file=info, flush=True,
+        )
+        simulation = Simulation(hub.url, hub.token, plan, api_url=hub.api_url)
+        report = await simulation.run(progress_printer(sys.stderr))
+        handled_text = await _fetch_text(service_metrics)
+        handled = None if handled_text is None else stopped_responses(handled_text)
+        emit_report(report, as_json=as_json, stream=out)
+        for line in summary_lines(
+            report, hub_metrics=hub.metrics_url, service_metrics=service_metrics,
+            handled=handled,
+        ):
+            print(line, file=info)
+        if keep_running:
+            print(
+                "The hub keeps running with the workshop's metrics; Ctrl-C stops and removes it.",
+                file=info, flush=True,
+            )
+            await asyncio.Event().wait()
+    print("Stopped the hub, the proxy, the service and the simulated servers.", file=info,
+          flush=True)
+    return exit_status(report)
+
+
+# -- the Kubernetes cluster -----------------------------------------------------------------
+
+
+def _repository_harness() -> Any:
+    """``tests.k8s.cluster`` from the repository checkout this package runs from, if any."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "tests" / "k8s" / "cluster.py").is_file():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("tests.k8s.cluster")
+
+
+@contextmanager
+def kubernetes_target(args: argparse.Namespace, work_dir: Path) -> Iterator[KubernetesTarget]:
+    """The cluster given with --kubeconfig, or a local one started (and stopped) here."""
+    if args.kubeconfig:
+        path = Path(args.kubeconfig)
+        if not path.is_file():
+            raise RuntimeError(f"--kubeconfig {path} is not a file")
+        yield KubernetesTarget(path.resolve(), args.namespace)
+        return
+    harness = _repository_harness()
+    if harness is None:
+        raise RuntimeError(
+            "--kubernetes needs the local cluster harness of a repository checkout "
+            "(tests/k8s/cluster.py), or --kubeconfig of a cluster you started"
+        )
+    print("Starting the local Kubernetes control plane (tests/k8s)...", flush=True)
+    bin_dir = harness.build_binaries(work_dir / "k8s-build.log")
+    cluster = harness.LocalCluster(
+        work_dir=work_dir / "k8s", bin_dir=bin_dir, namespace=args.namespace
+    )
+    # Started from the main thread: the children's parent-death signal is tied to it.
+    cluster.start()
+    try:
+        yield KubernetesTarget(cluster.kubeconfig, cluster.namespace)
+    finally:
+        cluster.stop()
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``hub-resilience demo``."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+    logging.getLogger("hub_resilience.simulate.users").setLevel(logging.ERROR)
+    if args.users is None:
+        args.users = DEFAULT_KUBERNETES_USERS if args.kubernetes else DEFAULT_USERS
+    try:
+        plan = plan_from_args(args, user_prefix=default_plan(args.kubernetes).user_prefix)
+        if args.spawn_limit < 0:
+            raise ValueError(f"--spawn-limit must be >= 0 (0: no limit), not {args.spawn_limit}")
+        if args.start_delay < 0:
+            raise ValueError(f"--start-delay must be >= 0 seconds, not {args.start_delay}")
+    except ValueError as e:
+        print(f"hub-resilience demo: {e}", file=sys.stderr)
+        return EXIT_SET_UP_FAILED
+    own_dir = args.work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="hub-resilience-demo-")) if own_dir else Path(
+        args.work_dir
+    )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _kubernetes_or_none(args, work_dir) as target:
+            return asyncio.run(_main(
+                plan,
+                spawn_limit=args.spawn_limit,
+                start_delay=args.start_delay,
+                kubernetes=target,
+                work_dir=work_dir / "hub",
+                keep_files=not own_dir,
+                keep_running=args.keep_running,
+                as_json=args.json,
+            ))
+    except (RuntimeError, HubAPIError, OSError) as e:
+        print(f"hub-resilience demo: {e}", file=sys.stderr)
+        return EXIT_SET_UP_FAILED
+    except KeyboardInterrupt:
+        print("\nhub-resilience demo: interrupted; everything was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if own_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@contextmanager
+def _kubernetes_or_none(
+    args: argparse.Namespace, work_dir: Path
+) -> Iterator[KubernetesTarget | None]:
+    if not args.kubernetes:
+        yield None
+        return
+    with kubernetes_target(args, work_dir) as target:
+        yield target
+
+
+async def _main(plan: SimulationPlan, **kwargs: Any) -> int:
+    """run_demo, with SIGTERM treated like Ctrl-C so everything is stopped either way."""
+    task = asyncio.ensure_future(run_demo(plan, out=sys.stdout, **kwargs))
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a small workshop on a local hub with hub-resilience switched on",
+        description="Start a local JupyterHub and configurable-http-proxy with hub-resilience "
+        "switched on (hub_resilience.configure) and simulated single-user servers, run a "
+        f"small workshop ({DEFAULT_USERS} students arriving at once, by default), print the "
+        "report and where the metrics are, and clean everything up. Nothing to set up "
+        "beyond the package and configurable-http-proxy (./scripts/demo does both).",
+    )
+    add_plan_arguments(parser, default_plan(kubernetes=False))
+    # --users: DEFAULT_USERS, or DEFAULT_KUBERNETES_USERS with --kubernetes.
+    parser.set_defaults(users=None)
+    hub = parser.add_argument_group("the local hub")
+    hub.add_argument("--spawn-limit", type=int, default=DEFAULT_SPAWN_LIMIT,
+                     help=f"the hub's concurrent_spawn_limit (default {DEFAULT_SPAWN_LIMIT})")
+    hub.add_argument("--start-delay", type=float, default=DEFAULT_START_DELAY,
+                     help="seconds a simulated server takes to start "
+                     f"(default {DEFAULT_START_DELAY:g})")
+    hub.add_argument("--work-dir", default=None,
+                     help="keep the hub's config, database and logs here (default: a "
+                     "temporary directory, removed at the end)")
+    hub.add_argument("--keep-running", action="store_true",
+                     help="after the report, keep the hub running (to look at its metrics) "
+                     "until Ctrl-C")
+    k8s = parser.add_argument_group("Kubernetes")
+    k8s.add_argument("--kubernetes", action="store_true",
+                     help="spawn real pods with ResilientKubeSpawner on the local Kubernetes "
+                     "cluster of tests/k8s (started and stopped here), or on --kubeconfig's; "
+                     f"default users {DEFAULT_KUBERNETES_USERS}")
+    k8s.add_argument("--kubeconfig", default=None,
+                     help="with --kubernetes: a running cluster's kubeconfig (e.g. from "
+                     "`python -m tests.k8s.cluster up`) instead of starting one")
+    k8s.add_argument("--namespace", default="hub",
+                     help="with --kubernetes: the namespace for user pods (default hub)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run_from_args)
+
