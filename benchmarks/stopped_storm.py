@@ -71,7 +71,7 @@ configure(c, spawner_class=None, service_port={handler_port}, cull=False)
             async with admin_client(hub) as client:
                 await create_users(client, names)
             if label == "handler":
-                await wait_for(f"http://127.0.0.1:{handler_port}/health")
+                await hub.wait_for_service(f"http://127.0.0.1:{handler_port}/health")
             log(f"stopped-server storm: {requests} tab requests, {label}")
             statuses, measured = await measure(
                 hub, lambda hub=hub: storm(hub, names, requests, concurrency)
@@ -89,21 +89,3 @@ configure(c, spawner_class=None, service_port={handler_port}, cull=False)
             "lower", 0),
     ]
 
-
-async def wait_for(url: str, timeout: float = 60.0) -> None:
-    """Wait until the resilience service (started by the hub) answers."""
-    http = AsyncHTTPClient(force_instance=True)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        while True:
-            try:
-                if (await http.fetch(url, raise_error=False)).code == 200:
-                    return
-            except OSError:
-                pass
-            if loop.time() > deadline:
-                raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
-            await asyncio.sleep(0.2)
-    finally:
-        http.close()

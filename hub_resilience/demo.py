@@ -38,7 +38,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from hub_resilience.hubclient import HubAPIError
 from hub_resilience.loadreport import LoadReport
-from hub_resilience.localhub import LocalHub, local_hub, unused_port
+from hub_resilience.localhub import local_hub, unused_port
 from hub_resilience.simulate import (
     Simulation,
     SimulationPlan,
@@ -177,19 +177,6 @@ async def _fetch_text(url: str) -> str | None:
     return response.body.decode("utf-8", "replace") if response.code == 200 else None
 
 
-async def _wait_for_service(url: str, hub: LocalHub, timeout: float = 60.0) -> None:
-    """The hub starts its managed service in the background; wait until it answers."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while await _fetch_text(url) is None:
-        if loop.time() > deadline:
-            raise RuntimeError(
-                f"the resilience service did not answer at {url} within {timeout:.0f}s; "
-                f"hub log tail:\n" + "\n".join(hub.log_text().splitlines()[-30:])
-            )
-        await asyncio.sleep(0.2)
-
-
 async def run_demo(
     plan: SimulationPlan,
     *,
@@ -224,7 +211,7 @@ async def run_demo(
         service_name="demo-admin",
     ) as hub:
         service_metrics = f"http://127.0.0.1:{service_port}/metrics"
-        await _wait_for_service(service_metrics, hub)
+        await hub.wait_for_service(service_metrics)
         print(
             f"  hub                  {hub.url}/\n"
             f"  hub metrics          {hub.metrics_url}\n"

@@ -128,12 +128,13 @@ def tail(path: Path, lines: int = 40) -> str:
 
 async def wait_http(
     url: str,
-    token_header: str,
+    token_header: str | None,
     proc: asyncio.subprocess.Process,
     log_path: Path,
     timeout: float,
 ) -> None:
-    """Wait until ``url`` answers 200 with the given Authorization header."""
+    """Wait until ``url`` answers 200 (with the given Authorization header, if any), failing
+    early with the log's tail when ``proc``, which is to serve it, has exited."""
     http = AsyncHTTPClient(force_instance=True)
     deadline = time.monotonic() + timeout
     try:
@@ -145,7 +146,11 @@ async def wait_http(
                 )
             try:
                 response = await http.fetch(
-                    HTTPRequest(url, headers={"Authorization": token_header}, request_timeout=5),
+                    HTTPRequest(
+                        url,
+                        headers={"Authorization": token_header} if token_header else None,
+                        request_timeout=5,
+                    ),
                     raise_error=False,
                 )
             except OSError:
@@ -258,6 +263,13 @@ class LocalHub:
             f"{self.api_url}/", f"token {self.token}", self._hub, self.log_path,
             self.start_timeout,
         )
+
+    async def wait_for_service(self, url: str, timeout: float = 60.0) -> None:
+        """Wait until a service the hub starts (in the background, after the hub itself
+        answers) answers 200 at ``url``; a RuntimeError with the hub's log tail otherwise."""
+        if self._hub is None:
+            raise RuntimeError("the hub is not running")
+        await wait_http(url, None, self._hub, self.log_path, timeout)
 
     async def restart(self) -> None:
         """Stop the hub process and start it again with the same database and proxy."""
