@@ -16,6 +16,7 @@ import yaml
 from kubernetes.utils.quantity import parse_quantity
 
 from hub_resilience.cli import main
+from tests import z2jh
 from tests.z2jh import InvalidValuesError, merge_values, validate_values_overlay
 
 DATA = Path(__file__).parent / "data" / "planner"
@@ -270,6 +271,36 @@ def test_schema_helper_merges_like_helm():
     # Removing a required top-level key through null is caught by the schema.
     with pytest.raises(InvalidValuesError, match="'prePuller' is a required property"):
         validate_values_overlay({"prePuller": None})
+
+
+def test_schema_helper_finds_the_chart_files_named_by_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "values.yaml").write_text("{}")
+    (tmp_path / "values.schema.yaml").write_text("{}")
+    monkeypatch.setenv(z2jh.Z2JH_DIR_ENV, str(tmp_path))
+    z2jh.z2jh_dir.cache_clear()
+    try:
+        assert z2jh.z2jh_dir() == tmp_path
+    finally:
+        z2jh.z2jh_dir.cache_clear()
+
+
+def test_schema_helper_lists_where_it_looked_when_the_chart_files_are_missing(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv(z2jh.Z2JH_DIR_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setattr(z2jh, "REPO_ROOT", tmp_path / "clone")
+    monkeypatch.setattr(z2jh, "WORKSPACE_Z2JH_DIR", tmp_path / "workspace")
+    z2jh.z2jh_dir.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError) as info:
+            z2jh.z2jh_dir()
+    finally:
+        z2jh.z2jh_dir.cache_clear()
+    message = str(info.value)
+    assert z2jh.Z2JH_DIR_ENV in message
+    assert str(tmp_path / "nowhere") in message
+    assert str(tmp_path / "shared" / "z2jh") in message
+    assert str(tmp_path / "workspace") in message
 
 
 # -- the spawner's QoS check -------------------------------------------------------------

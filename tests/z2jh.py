@@ -3,7 +3,9 @@
 Helm validates the *merged* values, so an overlay is deep-merged into the chart's default
 ``values.yaml`` first (maps merge key by key, everything else replaces, ``null`` removes a
 key), then the result is validated against the chart's ``values.schema.yaml`` with a
-draft-07 validator. The chart files are kept in ``../shared/z2jh`` (see its README).
+draft-07 validator. The chart files are kept in ``../shared/z2jh`` (see its README); a
+checkout elsewhere finds them through ``HUB_RESILIENCE_Z2JH_DIR``, a ``shared/z2jh`` beside
+any folder above it, or the workspace's ``/work/shared/z2jh``.
 
 Use from a test::
 
@@ -13,6 +15,7 @@ Use from a test::
 from __future__ import annotations
 
 import copy
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-#: The chart's values.yaml and values.schema.yaml (next to the repository checkout).
-Z2JH_DIR = Path(__file__).resolve().parents[2] / "shared" / "z2jh"
+#: Environment variable naming the folder with the chart's values.yaml and values.schema.yaml.
+Z2JH_DIR_ENV = "HUB_RESILIENCE_Z2JH_DIR"
+
+#: Where the workspace keeps the chart files when the checkout is not beside them.
+WORKSPACE_Z2JH_DIR = Path("/work/shared/z2jh")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: How many schema errors a message lists before it summarises the rest.
 MAX_LISTED_ERRORS = 20
@@ -41,14 +49,37 @@ class InvalidValuesError(ValueError):
         super().__init__("\n".join(lines))
 
 
+def z2jh_candidates() -> list[Path]:
+    """Folders that may hold the chart files, in the order they are tried.
+
+    The workspace keeps them in ``../shared/z2jh`` beside the checkout, but CI and a fresh
+    clone may check the repository out somewhere else; the environment variable wins so a
+    run can always point at its own copy.
+    """
+    candidates = []
+    if os.environ.get(Z2JH_DIR_ENV):
+        candidates.append(Path(os.environ[Z2JH_DIR_ENV]))
+    candidates += [ancestor / "shared" / "z2jh" for ancestor in REPO_ROOT.parents]
+    candidates.append(WORKSPACE_Z2JH_DIR)
+    return candidates
+
+
+@lru_cache(maxsize=1)
+def z2jh_dir() -> Path:
+    """The first candidate folder that holds both chart files; a clear error if none does."""
+    candidates = z2jh_candidates()
+    for folder in candidates:
+        if (folder / "values.yaml").is_file() and (folder / "values.schema.yaml").is_file():
+            return folder
+    tried = "\n".join(f"  - {folder}" for folder in candidates)
+    raise FileNotFoundError(
+        "the z2jh chart files (values.yaml, values.schema.yaml) were not found; set "
+        f"{Z2JH_DIR_ENV} to the folder that holds them. Tried:\n{tried}"
+    )
+
+
 def _load_yaml(name: str) -> Any:
-    path = Z2JH_DIR / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the z2jh chart files are expected in ../shared/z2jh "
-            "next to the repository"
-        )
-    return yaml.safe_load(path.read_text())
+    return yaml.safe_load((z2jh_dir() / name).read_text())
 
 
 @lru_cache(maxsize=1)
