@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import pytest_asyncio
@@ -195,19 +196,29 @@ def test_sub_resources_get_plain_text_and_unknown_paths_404() -> None:
 # -- the handler, served by the service -----------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def service() -> AsyncIterator[ResilienceService]:
-    """The real service, culler off, listening on a loopback port."""
+@asynccontextmanager
+async def running_service(**settings: object) -> AsyncIterator[ResilienceService]:
+    """The real service, culler off, listening on a loopback port, with these settings."""
     config = Config()
     config.ResilienceService.port = unused_port()
     config.ResilienceService.cull = False
-    config.ResilienceService.named_servers = True
+    for name, value in settings.items():
+        setattr(config.ResilienceService, name, value)
     running = ResilienceService(config=config)
     running.listen()
     task = asyncio.create_task(running.run())
-    yield running
-    running.stop()
-    await asyncio.wait_for(task, 30)
+    try:
+        yield running
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest_asyncio.fixture
+async def service() -> AsyncIterator[ResilienceService]:
+    """The service with named servers on, as the stopped-server tests expect."""
+    async with running_service(named_servers=True) as running:
+        yield running
 
 
 async def fetch(url: str, **kwargs: object) -> HTTPResponse:
@@ -278,17 +289,7 @@ async def test_health_and_metrics(service: ResilienceService) -> None:
 
 
 async def test_handler_off_leaves_only_health_and_metrics() -> None:
-    config = Config()
-    config.ResilienceService.port = unused_port()
-    config.ResilienceService.cull = False
-    config.ResilienceService.stopped_handler = False
-    running = ResilienceService(config=config)
-    running.listen()
-    task = asyncio.create_task(running.run())
-    try:
+    async with running_service(stopped_handler=False) as running:
         base = f"http://127.0.0.1:{running.port}"
         assert (await fetch(f"{base}/user/alice/api")).code == 404
         assert (await fetch(f"{base}/health")).code == 200
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 30)
