@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build, once per machine, the real Kubernetes control plane used by the end-to-end tests:
 # kube-apiserver and kube-scheduler (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and
-# kwok (sigs.k8s.io/kwok). Binaries are cached under ~/.cache/hub-resilience/k8s/<versions>/,
-# outside the repository; a second run with the cache in place does nothing.
+# kwok (sigs.k8s.io/kwok). Binaries are cached under $HUB_RESILIENCE_HOME/k8s/<versions>/
+# (~/.cache/hub-resilience/k8s/ by default, like the rest of the project's caches), outside the
+# repository; a second run with the cache in place does nothing.
 #
 # Why a wrapper module: k8s.io/kubernetes replaces every staging module (k8s.io/api, ...)
 # with ./staging/src/..., so `go install k8s.io/kubernetes/cmd/...@v` cannot work. The
@@ -16,7 +17,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.10}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_root="${HUB_RESILIENCE_K8S_CACHE:-$HOME/.cache/hub-resilience/k8s}"
+cache_root="${HUB_RESILIENCE_K8S_CACHE:-${HUB_RESILIENCE_HOME:-$HOME/.cache/hub-resilience}/k8s}"
 bin_dir="$cache_root/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--mod=mod}"
