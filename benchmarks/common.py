@@ -15,13 +15,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hubclient import HubClient
 from hub_resilience.loadreport import HubLoad, HubScrape, cpu_seconds_from_stat, hub_load
-from hub_resilience.loadreport import parse_hub_metrics as _parse
 from hub_resilience.localhub import LocalHub, local_hub
+from hub_resilience.simulate import metrics_url_for, read_hub_metrics
 
 T = TypeVar("T")
 
@@ -84,16 +82,8 @@ def hub_cpu_seconds(hub: LocalHub) -> float:
 
 
 async def scrape(hub: LocalHub) -> HubScrape:
-    """The hub's /hub/metrics, read with the admin token."""
-    http = AsyncHTTPClient(force_instance=True)
-    try:
-        response = await http.fetch(
-            HTTPRequest(f"{hub.api_url.removesuffix('/api')}/metrics",
-                        headers={"Authorization": f"token {hub.token}"}, request_timeout=60)
-        )
-    finally:
-        http.close()
-    return _parse(response.body.decode())
+    """The hub's /hub/metrics, read directly from the hub with the admin token."""
+    return await read_hub_metrics(metrics_url_for(hub.api_url), hub.token, request_timeout=60)
 
 
 @dataclass(frozen=True)

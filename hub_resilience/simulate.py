@@ -39,7 +39,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from prometheus_client import REGISTRY
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hubclient import (
@@ -185,6 +185,32 @@ class Progress:
         return self.ready + self.failed >= self.total and self.working == 0
 
 
+def metrics_url_for(api_url: str) -> str:
+    """The hub's ``/hub/metrics`` beside its REST API (``<base>/hub/api`` to
+    ``<base>/hub/metrics``)."""
+    return api_url.rstrip("/").removesuffix("/api") + "/metrics"
+
+
+async def read_hub_metrics(url: str, token: str, *, request_timeout: float) -> HubScrape:
+    """Read and parse a hub's ``/hub/metrics`` (the token needs ``read:metrics``).
+
+    Raises :class:`OSError` when the hub cannot be reached and tornado's
+    :class:`~tornado.httpclient.HTTPClientError` when it answers other than 200 or not in
+    time; the caller decides whether a missing reading is fatal (a benchmark) or only leaves
+    a figure out of the report (a rehearsal against a real hub).
+    """
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await http.fetch(
+            HTTPRequest(
+                url, headers={"Authorization": f"token {token}"}, request_timeout=request_timeout
+            )
+        )
+    finally:
+        http.close()
+    return parse_hub_metrics(response.body.decode("utf-8", "replace"))
+
+
 class Simulation:
     """One run of a :class:`SimulationPlan` against a hub.
 
@@ -208,7 +234,7 @@ class Simulation:
             raise ValueError("no token: set JUPYTERHUB_API_TOKEN or pass --token")
         self.url = url.rstrip("/")
         self.api_url = (api_url or f"{self.url}/hub/api").rstrip("/")
-        self.metrics_url = self.api_url.removesuffix("/api") + "/metrics"
+        self.metrics_url = metrics_url_for(self.api_url)
         self.token = token
         self.plan = plan
         self.log = logger or log
@@ -232,28 +258,21 @@ class Simulation:
 
     async def scrape(self) -> HubScrape | None:
         """The hub's metrics now, or None when they cannot be read (logged once)."""
-        http = AsyncHTTPClient(force_instance=True)
         try:
-            response = await http.fetch(
-                HTTPRequest(
-                    self.metrics_url,
-                    headers={"Authorization": f"token {self.token}"},
-                    request_timeout=self.plan.request_timeout,
-                ),
-                raise_error=False,
+            return await read_hub_metrics(
+                self.metrics_url, self.token, request_timeout=self.plan.request_timeout
             )
+        except HTTPClientError as e:
+            if e.code == 599:  # no answer in time
+                self.log.warning("Cannot read %s: %s", self.metrics_url, e)
+            else:
+                self.log.warning(
+                    "Cannot read %s: HTTP %s (the token needs read:metrics)",
+                    self.metrics_url, e.code,
+                )
         except OSError as e:
             self.log.warning("Cannot read %s: %s", self.metrics_url, e)
-            return None
-        finally:
-            http.close()
-        if response.code != 200:
-            self.log.warning(
-                "Cannot read %s: HTTP %s (the token needs read:metrics)",
-                self.metrics_url, response.code,
-            )
-            return None
-        return parse_hub_metrics(response.body.decode("utf-8", "replace"))
+        return None
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hub_resilience.loadreport import Arrival
-from hub_resilience.simulate import Simulation, SimulationPlan, client_policy
+from hub_resilience.localhub import unused_port
+from hub_resilience.simulate import Simulation, SimulationPlan, client_policy, metrics_url_for
 from tests.support.hub import RunningHub, running_hub
 
 THROTTLED_HUB = """
@@ -40,6 +41,13 @@ async def user_names(hub: RunningHub, prefix: str) -> list[str]:
 
 
 # -- the plan (no hub) ----------------------------------------------------------------------
+
+
+def test_metrics_url_sits_beside_the_rest_api() -> None:
+    assert metrics_url_for("http://hub:8081/hub/api") == "http://hub:8081/hub/metrics"
+    assert metrics_url_for("https://hub.example.org/prefix/hub/api/") == (
+        "https://hub.example.org/prefix/hub/metrics"
+    )
 
 
 @pytest.mark.parametrize(
@@ -183,3 +191,17 @@ c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0.2}
         report = await Simulation(hub.url, hub.token, plan, api_url=hub.api_url).run()
         assert report.ready == 0
         assert report.failures == {"timeout": 2}
+
+
+async def test_unreadable_metrics_leave_the_figure_out_instead_of_failing(
+    throttled_hub: RunningHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan = SimulationPlan(users=1)
+    refused = Simulation(throttled_hub.url, "not-a-token", plan)
+    assert await refused.scrape() is None
+    assert "the token needs read:metrics" in caplog.text
+    unreachable = Simulation(f"http://127.0.0.1:{unused_port()}", "any-token", plan)
+    assert await unreachable.scrape() is None
+    assert unreachable.metrics_url in caplog.text
+    # The admin token reads them.
+    assert await Simulation(throttled_hub.url, throttled_hub.token, plan).scrape() is not None
