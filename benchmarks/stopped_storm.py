@@ -23,7 +23,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from benchmarks.common import Row, admin_client, bench_hub, create_users, log, measure
 from hub_resilience.localhub import LocalHub, unused_port
-from hub_resilience.simulate import TAB_PATHS
+from hub_resilience.simulate import TAB_PATHS, fetch_status
 
 
 async def storm(hub: LocalHub, names: list[str], requests: int, concurrency: int) -> dict:
@@ -42,10 +42,7 @@ async def storm(hub: LocalHub, names: list[str], requests: int, concurrency: int
                 headers={"Authorization": f"token {hub.token}", "Accept": "application/json"},
                 follow_redirects=True, max_redirects=5, request_timeout=120,
             )
-            try:
-                status = str((await http.fetch(request, raise_error=False)).code)
-            except OSError:
-                status = "connection_error"
+            status = await fetch_status(http, request)
             statuses[status] = statuses.get(status, 0) + 1
 
     try:

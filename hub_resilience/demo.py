@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub_resilience.hubclient import HubAPIError
 from hub_resilience.loadreport import LoadReport
@@ -170,7 +170,7 @@ async def _fetch_text(url: str) -> str | None:
     http = AsyncHTTPClient(force_instance=True)
     try:
         response = await http.fetch(url, raise_error=False, request_timeout=10)
-    except OSError:
+    except (OSError, HTTPClientError):  # refused, reset, or no answer in time (599)
         return None
     finally:
         http.close()

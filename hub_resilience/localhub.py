@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hubclient import HubClient
@@ -153,7 +153,7 @@ async def wait_http(
                     ),
                     raise_error=False,
                 )
-            except OSError:
+            except (OSError, HTTPClientError):  # refused, reset, or no answer in time (599)
                 response = None
             if response is not None and response.code == 200:
                 return

@@ -191,6 +191,20 @@ def metrics_url_for(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api") + "/metrics"
 
 
+async def fetch_status(http: AsyncHTTPClient, request: HTTPRequest) -> str:
+    """The HTTP status a request got, as a label ("200", "424", ...), or "connection_error"
+    when no answer came (as the hub API metrics count it).
+
+    Never raises for a failed request: a swamped hub is what the caller is measuring. Tornado
+    raises its 599 ``HTTPClientError`` for a timeout even with ``raise_error=False``, so that
+    is caught along with refused and reset connections.
+    """
+    try:
+        return str((await http.fetch(request, raise_error=False)).code)
+    except (OSError, HTTPClientError):
+        return "connection_error"
+
+
 async def read_hub_metrics(url: str, token: str, *, request_timeout: float) -> HubScrape:
     """Read and parse a hub's ``/hub/metrics`` (the token needs ``read:metrics``).
 
@@ -441,11 +455,7 @@ class Simulation:
                     max_redirects=5,
                     request_timeout=self.plan.request_timeout,
                 )
-                try:
-                    response = await http.fetch(request, raise_error=False)
-                    status = str(response.code)
-                except OSError:
-                    status = "connection_error"
+                status = await fetch_status(http, request)
                 self._tab_status[status] = self._tab_status.get(status, 0) + 1
                 await asyncio.sleep(self.plan.tab_interval)
         finally:

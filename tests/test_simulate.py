@@ -11,15 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_resilience.loadreport import Arrival
 from hub_resilience.localhub import unused_port
-from hub_resilience.simulate import Simulation, SimulationPlan, client_policy, metrics_url_for
+from hub_resilience.simulate import (
+    Simulation,
+    SimulationPlan,
+    client_policy,
+    fetch_status,
+    metrics_url_for,
+)
 from tests.support.hub import RunningHub, running_hub
 
 THROTTLED_HUB = """
@@ -205,3 +213,26 @@ async def test_unreadable_metrics_leave_the_figure_out_instead_of_failing(
     assert unreachable.metrics_url in caplog.text
     # The admin token reads them.
     assert await Simulation(throttled_hub.url, throttled_hub.token, plan).scrape() is not None
+
+
+async def test_fetch_status_labels_silence_and_refusal_instead_of_raising(
+    throttled_hub: RunningHub,
+) -> None:
+    http = AsyncHTTPClient(force_instance=True)
+    silent = socket.socket()  # accepts connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        assert await fetch_status(http, HTTPRequest(url, request_timeout=0.5)) == (
+            "connection_error"
+        )
+        closed = f"http://127.0.0.1:{unused_port()}/"
+        assert await fetch_status(http, HTTPRequest(closed, request_timeout=5)) == (
+            "connection_error"
+        )
+        answered = HTTPRequest(f"{throttled_hub.url}/hub/api", request_timeout=30)
+        assert await fetch_status(http, answered) == "200"
+    finally:
+        silent.close()
+        http.close()
