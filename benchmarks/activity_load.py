@@ -4,7 +4,7 @@ intervals :func:`hub_resilience.configure` tunes.
 Every single-user server POSTs its activity to the hub every ``JUPYTERHUB_ACTIVITY_INTERVAL``
 seconds, and the hub polls the proxy's routes every ``JupyterHub.last_activity_interval``
 seconds. The defaults (300 s, 300 s, ``activity_resolution`` 30 s) are what z2jh runs; the
-tuned ones are what ``configure(c, expected_servers=1000, activity_budget=BUDGET)`` sets.
+tuned ones are what ``configure(c, expected_concurrent_servers=1000, activity_requests_per_second=BUDGET)`` sets.
 
 1,000 simulated servers (SimulatedSpawner, really running as far as the hub and the proxy
 know) report activity through a client loop that posts to ``/hub/api/users/:name/activity``
@@ -34,14 +34,14 @@ from benchmarks.common import (
     start_servers,
 )
 from hub_resilience import configure
-from hub_resilience.activity import (
+from hub_resilience.hub.activity import (
     DEFAULT_HUB_INTERVAL,
     DEFAULT_RESOLUTION,
     DEFAULT_SINGLEUSER_INTERVAL,
 )
 from hub_resilience.hubclient import HubAPIError, HubClient
-from hub_resilience.loadreport import hub_load
-from hub_resilience.localhub import LocalHub
+from hub_resilience.tools.loadreport import hub_load
+from hub_resilience.tools.localhub import LocalHub
 
 
 def tuned_intervals(servers: int, budget: float) -> tuple[int, int, int]:
@@ -49,7 +49,7 @@ def tuned_intervals(servers: int, budget: float) -> tuple[int, int, int]:
     c = Config()
     wiring = configure(
         c, spawner_class=None, stopped_handler=False, cull=False,
-        expected_servers=servers, activity_budget=budget,
+        expected_concurrent_servers=servers, activity_requests_per_second=budget,
     )
     a = wiring.activity
     return a.singleuser_interval, a.hub_interval, a.activity_resolution

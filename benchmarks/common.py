@@ -3,7 +3,7 @@
 Hub CPU seconds are read from ``/proc/<hub pid>/stat`` (user + system time of the hub
 process alone, not of the proxy, the service or the benchmark's own clients); requests the
 hub served from its own ``jupyterhub_request_duration_seconds_count`` on ``/hub/metrics``
-(its metrics scrapes left out), see :mod:`hub_resilience.loadreport`.
+(its metrics scrapes left out), see :mod:`hub_resilience.tools.loadreport`.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hubclient import HubClient
-from hub_resilience.loadreport import HubLoad, HubScrape, cpu_seconds_from_stat, hub_load
-from hub_resilience.localhub import LocalHub, local_hub
-from hub_resilience.simulate import metrics_url_for, read_hub_metrics
+from hub_resilience.tools.loadreport import HubLoad, HubScrape, cpu_seconds_from_stat, hub_load
+from hub_resilience.tools.localhub import LocalHub, local_hub
+from hub_resilience.tools.simulate import metrics_url_for, read_hub_metrics
 
 T = TypeVar("T")
 

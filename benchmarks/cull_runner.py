@@ -32,7 +32,7 @@ async def stock(api_url: str, token: str, timeout: float) -> dict:
 
 
 async def ours(api_url: str, token: str, timeout: float) -> dict:
-    from hub_resilience.culler import Culler
+    from hub_resilience.service.culler import Culler
 
     culler = Culler(api_url=api_url, api_token=token, timeout=timeout)
     try:

@@ -33,7 +33,7 @@ from benchmarks.common import (
     measure,
     start_servers,
 )
-from hub_resilience.localhub import LocalHub
+from hub_resilience.tools.localhub import LocalHub
 
 CULLERS = ("jupyterhub-idle-culler", "hub-resilience")
 

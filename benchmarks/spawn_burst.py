@@ -2,7 +2,7 @@
 
 A client that resends a refused spawn at once (as an impatient user hammering "Start", or a
 naive script) against this package's backoff client, which waits out the hub's 429s as its
-``Retry-After`` says, with jitter. Both are :mod:`hub_resilience.simulate` runs on the same
+``Retry-After`` says, with jitter. Both are :mod:`hub_resilience.tools.simulate` runs on the same
 hub, one after the other; measured: the requests the hub had to refuse (its 429s), the time
 until every user has a ready server, and the hub's CPU seconds meanwhile.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from benchmarks.common import Row, bench_hub, hub_cpu_seconds, log
-from hub_resilience.simulate import Simulation, SimulationPlan
+from hub_resilience.tools.simulate import Simulation, SimulationPlan
 
 TITLE = "500 users at once, concurrent_spawn_limit 20"
 

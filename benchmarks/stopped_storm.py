@@ -22,8 +22,8 @@ import itertools
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from benchmarks.common import Row, admin_client, bench_hub, create_users, log, measure
-from hub_resilience.localhub import LocalHub, unused_port
-from hub_resilience.simulate import TAB_PATHS, fetch_status
+from hub_resilience.tools.localhub import LocalHub, unused_port
+from hub_resilience.tools.simulate import TAB_PATHS, fetch_status
 
 
 async def storm(hub: LocalHub, names: list[str], requests: int, concurrency: int) -> dict:

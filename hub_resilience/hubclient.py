@@ -40,7 +40,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hub_resilience import __version__
 from hub_resilience.backoff import BackoffPolicy, parse_retry_after
-from hub_resilience.metrics import HUB_API_REQUESTS, HUB_API_RETRIES
+from hub_resilience.service.metrics import HUB_API_REQUESTS, HUB_API_RETRIES, HubAPIRetryReason
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 
@@ -209,7 +209,9 @@ def parse_user_page(payload: Any, *, offset: int, limit: int, fetched_at: float)
     return UserPage(items, page_offset, page_limit, total, next_offset, fetched_at)
 
 
-def retry_reason(status: int | None, *, retry_safe: bool, request_sent: bool) -> str | None:
+def retry_reason(
+    status: int | None, *, retry_safe: bool, request_sent: bool
+) -> HubAPIRetryReason | None:
     """Why a failed attempt may be retried, or None when it must not be.
 
     ``status`` is the HTTP status, or None when no answer arrived. 429 and 503 mean the hub
@@ -220,12 +222,14 @@ def retry_reason(status: int | None, *, retry_safe: bool, request_sent: bool) ->
     """
     if status is None:
         if not request_sent:
-            return "connect"
-        return "connection" if retry_safe else None
-    if status in (429, 503):
-        return str(status)
+            return HubAPIRetryReason.CONNECT
+        return HubAPIRetryReason.CONNECTION if retry_safe else None
+    if status == 429:
+        return HubAPIRetryReason.THROTTLED
+    if status == 503:
+        return HubAPIRetryReason.UNAVAILABLE
     if status >= 500:
-        return "5xx" if retry_safe else None
+        return HubAPIRetryReason.SERVER_ERROR if retry_safe else None
     return None
 
 
@@ -530,7 +534,7 @@ class HubClient:
         """Every page of users in order, one request at a time.
 
         Plain forward paging: a caller that removes users from the listed set while iterating
-        (as the culler does) must adjust offsets itself, see :mod:`hub_resilience.culler`.
+        (as the culler does) must adjust offsets itself, see :mod:`hub_resilience.service.culler`.
         """
         offset = 0
         while True:

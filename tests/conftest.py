@@ -49,7 +49,7 @@ def make_spawner(offline_kubeconfig: Path) -> Callable[..., object]:
     """Build a real ResilientKubeSpawner (with KubeSpawner's mock user and hub) from traits."""
     from traitlets.config import Config
 
-    from hub_resilience.spawner import ResilientKubeSpawner
+    from hub_resilience.hub.spawner import ResilientKubeSpawner
 
     def factory(config: dict | None = None, **traits: object) -> ResilientKubeSpawner:
         c = Config()

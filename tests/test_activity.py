@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub_resilience.activity import tune_activity
+from hub_resilience.hub.activity import tune_activity
 
 
 def test_small_hub_keeps_jupyterhub_defaults() -> None:
@@ -58,11 +58,11 @@ def test_zero_servers_is_valid() -> None:
 @pytest.mark.parametrize(
     ("args", "kwargs", "match"),
     [
-        ((-1, 10.0), {}, "expected_servers must be >= 0"),
-        ((1.5, 10.0), {}, "expected_servers must be a whole number"),
-        ((10, 0), {}, "activity budget must be a positive"),
-        ((10, -3.0), {}, "activity budget must be a positive"),
-        ((10, float("nan")), {}, "activity budget must be a positive"),
+        ((-1, 10.0), {}, "expected_concurrent_servers must be >= 0"),
+        ((1.5, 10.0), {}, "expected_concurrent_servers must be a whole number"),
+        ((10, 0), {}, "activity_requests_per_second must be a positive"),
+        ((10, -3.0), {}, "activity_requests_per_second must be a positive"),
+        ((10, float("nan")), {}, "activity_requests_per_second must be a positive"),
         ((10, 10.0), {"singleuser_share": 1.0}, "singleuser_share"),
         ((10, 10.0), {"max_interval": 60}, "max_interval must be at least"),
     ],

@@ -11,7 +11,6 @@ import pytest
 from traitlets.config import Config
 
 import hub_resilience
-from hub_resilience.activity import tune_activity
 from hub_resilience.configure import (
     CULLER_SCOPES,
     ConfigurationError,
@@ -27,8 +26,9 @@ from hub_resilience.configure import (
     read_hub_facts,
     resolve_options,
 )
-from hub_resilience.culler import Culler
+from hub_resilience.hub.activity import tune_activity
 from hub_resilience.service import add_arguments, config_from_args
+from hub_resilience.service.culler import Culler
 
 DROPIN = Path(__file__).resolve().parents[1] / "jupyterhub_config.d" / "hub_resilience.py"
 PYTHON = "/usr/bin/python3"
@@ -336,7 +336,7 @@ def test_lazy_config_values_keep_later_appends() -> None:
 
 
 async def test_single_user_activity_interval_matches_the_hub(offline_kubeconfig: Path) -> None:
-    from hub_resilience.spawner import ResilientKubeSpawner
+    from hub_resilience.hub.spawner import ResilientKubeSpawner
 
     c = z2jh_config()
     wiring = configure(c, expected_servers=2000, activity_budget=10, cull_timeout=7200)
@@ -349,10 +349,10 @@ async def test_single_user_activity_interval_matches_the_hub(offline_kubeconfig:
 def test_other_spawners_get_the_interval_through_the_environment() -> None:
     c = Config()
     c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "900", "OTHER": "1"}
-    configure(c, spawner_class="hub_resilience.simulated.SimulatedSpawner")
+    configure(c, spawner_class="hub_resilience.tools.simulated_spawner.SimulatedSpawner")
     assert c.Spawner.environment["JUPYTERHUB_ACTIVITY_INTERVAL"] == "900"  # kept
     c = Config()
-    wiring = configure(c, spawner_class="hub_resilience.simulated.SimulatedSpawner")
+    wiring = configure(c, spawner_class="hub_resilience.tools.simulated_spawner.SimulatedSpawner")
     assert c.Spawner.environment.get_value({}) == {
         "JUPYTERHUB_ACTIVITY_INTERVAL": str(wiring.activity.singleuser_interval)
     }

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from hub_resilience.cull_policy import (
+from hub_resilience.service.cull_policy import (
     CullSettings,
     MalformedModel,
     ServerOutcome,

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
-from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient
 
-from hub_resilience.culler import Culler
 from hub_resilience.hubclient import HubClient
+from hub_resilience.service.culler import Culler
+from hub_resilience.service.metrics import REGISTRY
 from tests.support.faultproxy import FAULT_KINDS, DeletionAuditor, FaultProxy
 from tests.support.hub import (
     create_users,

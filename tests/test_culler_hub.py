@@ -6,8 +6,8 @@ its clock an hour ahead (:class:`ClockAhead`): a server started during the test 
 for an hour from the culler's point of view, while a server whose activity we report 50
 minutes "ahead" was active 10 minutes ago. Everything else (the hub, its API, the proxy, the
 spawns and stops) is real; servers are simulated by
-:class:`hub_resilience.simulated.SimulatedSpawner`, since hundreds of real notebook servers
-cannot run here.
+:class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner`, since hundreds of real
+notebook servers cannot run here.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import pytest
-from prometheus_client import REGISTRY
 
-from hub_resilience.culler import Culler, CycleReport
 from hub_resilience.hubclient import HubClient
+from hub_resilience.service.culler import Culler, CycleReport
+from hub_resilience.service.metrics import REGISTRY
 from tests.support.faultproxy import DeletionAuditor, FaultProxy
 from tests.support.hub import (
     create_users,
@@ -233,7 +233,7 @@ async def test_deletes_idle_users_but_never_admins_or_users_with_a_server_stoppi
 CULLER_ROLE = """
 c.JupyterHub.services.append({{
     "name": "idle-culler",
-    "command": [{python!r}, "-m", "hub_resilience.culler", "--timeout=1", "--cull-every=1",
+    "command": [{python!r}, "-m", "hub_resilience.service.culler", "--timeout=1", "--cull-every=1",
                 "--concurrency=2", "--api-page-size=3"],
 }})
 c.JupyterHub.load_roles.append({{
@@ -280,7 +280,7 @@ def test_command_line_help_and_bad_settings() -> None:
                  "--cull-admin-users", "--remove-named-servers", "--api-page-size"):
         assert flag in shown.stdout
     module = subprocess.run(
-        [sys.executable, "-m", "hub_resilience.culler", "--help"],
+        [sys.executable, "-m", "hub_resilience.service.culler", "--help"],
         capture_output=True, text=True, env=env,
     )
     assert module.returncode == 0 and "--cull-every" in module.stdout

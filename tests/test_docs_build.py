@@ -83,8 +83,8 @@ def test_docs_build_with_every_page(html: Path) -> None:
 
 
 def test_configuration_reference_has_every_trait_and_only_own_ones(html: Path) -> None:
-    from hub_resilience.culler import Culler
-    from hub_resilience.spawner import ResilientKubeSpawner
+    from hub_resilience.hub.spawner import ResilientKubeSpawner
+    from hub_resilience.service.culler import Culler
 
     page = (html / "reference" / "configuration.html").read_text()
     text = _words(htmllib.unescape(re.sub(r"<[^>]+>", " ", page)))
@@ -164,4 +164,4 @@ async def test_quickstart_values_make_the_charts_pods_guaranteed(make_spawner: C
                     "initContainers": [{"name": "block-cloud-metadata"}]}}
     with pytest.raises(qos.QoSError, match="block-cloud-metadata"):
         qos.make_guaranteed(pod)
-    assert qos.qos_class(spawner.enforce_qos(pod)) == qos.GUARANTEED
+    assert qos.qos_class(spawner.enforce_qos(pod)) == qos.QoSClass.GUARANTEED

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hub_resilience.loadreport import (
+from hub_resilience.tools.loadreport import (
     METRICS_HANDLER,
     HubScrape,
     Percentiles,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes.utils.quantity import parse_quantity
 
-from hub_resilience.cli import main
+from hub_resilience.tools.cli import main
 from tests import z2jh
 from tests.z2jh import InvalidValuesError, merge_values, validate_values_overlay
 
@@ -326,7 +326,7 @@ async def spawn_pods(overlay: dict) -> dict:
 
 
 async def test_guaranteed_choices_pass_the_spawner_qos_check(capsys, tmp_path, offline_kubeconfig):
-    from hub_resilience.qos import GUARANTEED, qos_class
+    from hub_resilience.hub.qos import QoSClass, qos_class
 
     overlay = write_overlay(capsys, tmp_path, *WORKED, "--mode", "guaranteed")
     choices = overlay["singleuser"]["profileList"][0]["profile_options"]["resources"]["choices"]
@@ -334,7 +334,7 @@ async def test_guaranteed_choices_pass_the_spawner_qos_check(capsys, tmp_path, o
 
     assert list(pods) == list(choices)
     for key, pod in pods.items():
-        assert qos_class(pod) == GUARANTEED, key
+        assert qos_class(pod) == QoSClass.GUARANTEED, key
         resources = pod.spec.containers[0].resources
         override = choices[key]["kubespawner_override"]
         assert parse_quantity(str(resources.requests["cpu"])) == Decimal(
@@ -346,7 +346,7 @@ async def test_guaranteed_choices_pass_the_spawner_qos_check(capsys, tmp_path, o
 async def test_memory_only_choices_guarantee_memory_but_burst_cpu(
     capsys, tmp_path, offline_kubeconfig
 ):
-    from hub_resilience.qos import BURSTABLE, qos_class
+    from hub_resilience.hub.qos import QoSClass, qos_class
 
     overlay = write_overlay(capsys, tmp_path, *WORKED, "--mode", "memory-only")
     pods = await spawn_pods(overlay)
@@ -355,5 +355,5 @@ async def test_memory_only_choices_guarantee_memory_but_burst_cpu(
         assert resources.requests["memory"] == resources.limits["memory"], key
         assert parse_quantity(str(resources.limits["cpu"])) == Decimal("3.485")
     # Below the whole node the CPU guarantee is smaller than the limit: Burstable by design.
-    assert qos_class(pods["mem_3_4_gb"]) == BURSTABLE
+    assert qos_class(pods["mem_3_4_gb"]) == QoSClass.BURSTABLE
     assert str(pods["mem_3_4_gb"].spec.containers[0].resources.requests["cpu"]) == "0.435625"

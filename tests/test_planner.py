@@ -1,4 +1,4 @@
-"""The event planner's arithmetic (hub_resilience.planner): pure functions, no I/O."""
+"""The event planner's arithmetic (hub_resilience.tools.planner): pure functions, no I/O."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hub_resilience import planner
-from hub_resilience.planner import (
+from hub_resilience.tools import planner
+from hub_resilience.tools.planner import (
     Event,
     NodeCapacity,
     PlanError,

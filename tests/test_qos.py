@@ -7,10 +7,8 @@ import copy
 import pytest
 from kubernetes.client import V1Container, V1ObjectMeta, V1Pod, V1PodSpec, V1ResourceRequirements
 
-from hub_resilience.qos import (
-    BEST_EFFORT,
-    BURSTABLE,
-    GUARANTEED,
+from hub_resilience.hub.qos import (
+    QoSClass,
     QoSError,
     check_enforced,
     make_guaranteed,
@@ -46,30 +44,30 @@ def resources_of(p: dict, index: int = 0, field: str = "containers") -> tuple[di
 
 class TestQosClass:
     def test_requests_equal_limits_is_guaranteed(self) -> None:
-        assert qos_class(pod(container("a", FULL, FULL))) == GUARANTEED
+        assert qos_class(pod(container("a", FULL, FULL))) == QoSClass.GUARANTEED
 
     def test_limits_only_is_guaranteed_after_api_server_defaulting(self) -> None:
-        assert qos_class(pod(container("a", None, FULL))) == GUARANTEED
+        assert qos_class(pod(container("a", None, FULL))) == QoSClass.GUARANTEED
 
     def test_no_resources_is_best_effort(self) -> None:
-        assert qos_class(pod(container("a"), container("b"))) == BEST_EFFORT
+        assert qos_class(pod(container("a"), container("b"))) == QoSClass.BEST_EFFORT
 
     def test_requests_without_limits_is_burstable(self) -> None:
-        assert qos_class(pod(container("a", FULL, None))) == BURSTABLE
+        assert qos_class(pod(container("a", FULL, None))) == QoSClass.BURSTABLE
 
     def test_requests_below_limits_is_burstable(self) -> None:
         p = pod(container("a", {"cpu": "500m", "memory": "1Gi"}, {"cpu": "1", "memory": "1Gi"}))
-        assert qos_class(p) == BURSTABLE
+        assert qos_class(p) == QoSClass.BURSTABLE
 
     def test_init_container_without_limits_makes_pod_burstable(self) -> None:
         p = pod(container("a", FULL, FULL), init=(container("init"),))
-        assert qos_class(p) == BURSTABLE
+        assert qos_class(p) == QoSClass.BURSTABLE
 
     def test_sidecar_without_memory_limit_makes_pod_burstable(self) -> None:
         sidecar = container("side", {"cpu": "1"}, {"cpu": "1"})
         sidecar["restartPolicy"] = "Always"
         p = pod(container("a", FULL, FULL), init=(sidecar,))
-        assert qos_class(p) == BURSTABLE
+        assert qos_class(p) == QoSClass.BURSTABLE
 
     @pytest.mark.parametrize(
         ("request_", "limit"),
@@ -77,20 +75,20 @@ class TestQosClass:
     )
     def test_memory_quantities_compare_as_kubernetes_does(self, request_: str, limit: str) -> None:
         p = pod(container("a", {"cpu": "1", "memory": request_}, {"cpu": "1", "memory": limit}))
-        assert qos_class(p) == GUARANTEED
+        assert qos_class(p) == QoSClass.GUARANTEED
 
     @pytest.mark.parametrize(("request_", "limit"), [("500m", "0.5"), ("1", "1000m"), (2, "2")])
     def test_cpu_quantities_compare_as_kubernetes_does(self, request_: object, limit: str) -> None:
         p = pod(container("a", {"cpu": request_, "memory": "1"}, {"cpu": limit, "memory": "1"}))
-        assert qos_class(p) == GUARANTEED
+        assert qos_class(p) == QoSClass.GUARANTEED
 
     def test_unequal_but_close_quantities_are_not_equal(self) -> None:
         p = pod(container("a", {"cpu": "1", "memory": "1G"}, {"cpu": "1", "memory": "1Gi"}))
-        assert qos_class(p) == BURSTABLE
+        assert qos_class(p) == QoSClass.BURSTABLE
 
     def test_zero_limit_counts_as_unset(self) -> None:
         p = pod(container("a", None, {"cpu": "0", "memory": "1Gi"}))
-        assert qos_class(p) == BURSTABLE
+        assert qos_class(p) == QoSClass.BURSTABLE
 
     def test_extended_resources_do_not_count(self) -> None:
         p = pod(
@@ -100,7 +98,7 @@ class TestQosClass:
                 {**FULL, "nvidia.com/gpu": "1", "ephemeral-storage": "1Gi"},
             )
         )
-        assert qos_class(p) == GUARANTEED
+        assert qos_class(p) == QoSClass.GUARANTEED
 
     def test_model_objects_are_read_like_dicts(self) -> None:
         model = V1Pod(
@@ -114,14 +112,14 @@ class TestQosClass:
                 init_containers=[V1Container(name="init")],
             ),
         )
-        assert qos_class(model) == BURSTABLE
+        assert qos_class(model) == QoSClass.BURSTABLE
         model.spec.init_containers = []
-        assert qos_class(model) == GUARANTEED
+        assert qos_class(model) == QoSClass.GUARANTEED
 
     def test_pod_level_resources_decide_when_set(self) -> None:
         p = pod(container("a"), container("b"))
         p["spec"]["resources"] = {"requests": FULL, "limits": FULL}
-        assert qos_class(p) == GUARANTEED
+        assert qos_class(p) == QoSClass.GUARANTEED
 
     def test_malformed_quantity_raises_naming_the_container(self) -> None:
         p = pod(container("notebook", None, {"cpu": "1", "memory": "1.5Gx"}))
@@ -137,7 +135,7 @@ class TestMakeGuaranteed:
             {"cpu": "2", "memory": "2Gi"},
             {"cpu": "2", "memory": "2Gi"},
         )
-        assert qos_class(result) == GUARANTEED
+        assert qos_class(result) == QoSClass.GUARANTEED
 
     def test_lower_limits_sets_limits_to_requests(self) -> None:
         p = pod(container("a", {"cpu": "100m", "memory": "512Mi"}, {"cpu": "2", "memory": "2Gi"}))
@@ -180,7 +178,7 @@ class TestMakeGuaranteed:
                 {"cpu": "100m", "memory": "64Mi"},
                 {"cpu": "100m", "memory": "64Mi"},
             )
-        assert qos_class(result) == GUARANTEED
+        assert qos_class(result) == QoSClass.GUARANTEED
 
     def test_best_effort_pod_without_defaults_is_refused(self) -> None:
         with pytest.raises(QoSError, match="container 'a': cpu has neither a request nor a limit"):
@@ -197,7 +195,7 @@ class TestMakeGuaranteed:
             init=(sidecar,),
         )
         result = make_guaranteed(p)
-        assert qos_class(result) == GUARANTEED
+        assert qos_class(result) == QoSClass.GUARANTEED
         assert resources_of(result, 0, "initContainers")[0] == {"cpu": "100m", "memory": "64Mi"}
         assert resources_of(result, 1)[0] == {"cpu": "200m", "memory": "128Mi"}
 
@@ -208,7 +206,7 @@ class TestMakeGuaranteed:
             {"cpu": "100m", "memory": "2Gi"},
             {"cpu": "4", "memory": "2Gi"},
         )
-        assert qos_class(result) == BURSTABLE
+        assert qos_class(result) == QoSClass.BURSTABLE
         check_enforced(result, mode="memory-only")
         with pytest.raises(QoSError):
             check_enforced(result, mode="guaranteed")
@@ -287,4 +285,4 @@ class TestMakeGuaranteed:
         result = make_guaranteed(model, default_cpu="50m", default_memory="32Mi")
         assert isinstance(result, V1Pod)
         assert result.spec.containers[0].resources.requests == {"cpu": "2", "memory": "2Gi"}
-        assert qos_class(result) == GUARANTEED
+        assert qos_class(result) == QoSClass.GUARANTEED

@@ -2,7 +2,7 @@
 only through the drop-in ``jupyterhub_config.d/hub_resilience.py`` and its environment
 variables, exactly as zero-to-jupyterhub loads it (exec'd with the hub's ``c`` in scope).
 
-User servers are simulated by :class:`hub_resilience.simulated.SimulatedSpawner` (one
+User servers are simulated by :class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner` (one
 loopback responder stands in for the pods, since Kubernetes does not run here); everything
 else is real: the hub starts the service as a managed service, the route is installed with
 ``Proxy.extra_routes``, requests go through the proxy's public URL.
@@ -63,7 +63,7 @@ def hub_config(after: str = "") -> str:
 def service_port(monkeypatch: pytest.MonkeyPatch) -> int:
     """Environment for the drop-in, as hub.extraEnv sets it in the hub pod."""
     port = unused_port()
-    monkeypatch.setenv("HUB_RESILIENCE_SPAWNER_CLASS", "hub_resilience.simulated.SimulatedSpawner")
+    monkeypatch.setenv("HUB_RESILIENCE_SPAWNER_CLASS", "hub_resilience.tools.simulated_spawner.SimulatedSpawner")
     monkeypatch.setenv("HUB_RESILIENCE_SERVICE_PORT", str(port))
     return port
 

@@ -1,8 +1,8 @@
 """``hub-resilience simulate`` against a real local JupyterHub and configurable-http-proxy.
 
 Everything is real except the single-user servers, which are
-:class:`hub_resilience.simulated.SimulatedSpawner`'s (dozens of notebook servers cannot run
-here). The hub's ``spawn_throttle_retry_range`` is shortened (through ``tornado_settings``:
+:class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner`'s (dozens of notebook
+servers cannot run here). The hub's ``spawn_throttle_retry_range`` is shortened (through ``tornado_settings``:
 JupyterHub does not accept it as a config option) so that the 429s the hub sends ask for a
 second or two of patience instead of a minute.
 """
@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from hub_resilience.loadreport import Arrival
-from hub_resilience.localhub import unused_port
-from hub_resilience.simulate import (
+from hub_resilience.tools.loadreport import Arrival
+from hub_resilience.tools.localhub import unused_port
+from hub_resilience.tools.simulate import (
     Simulation,
     SimulationPlan,
     client_policy,

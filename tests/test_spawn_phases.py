@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub_resilience.spawn_phases import failure_reason, pod_timeline, pulled_seconds
+from hub_resilience.hub.spawn_phases import failure_reason, pod_timeline, pulled_seconds
 from tests.data import pod_sequences as seq
 
 

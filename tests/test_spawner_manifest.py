@@ -12,7 +12,7 @@ import pytest
 from kubernetes.utils.quantity import parse_quantity
 from traitlets import TraitError
 
-from hub_resilience.qos import GUARANTEED, QoSError, qos_class
+from hub_resilience.hub.qos import QoSClass, QoSError, qos_class
 
 SIDECAR = {
     "name": "log-shipper",
@@ -117,7 +117,7 @@ def assert_requests_equal_limits(pod) -> None:
         assert set(limits) >= {"cpu", "memory"}, c.name
         for r in ("cpu", "memory"):
             assert parse_quantity(requests[r]) == parse_quantity(limits[r]), (c.name, r)
-    assert qos_class(pod) == GUARANTEED
+    assert qos_class(pod) == QoSClass.GUARANTEED
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 import pytest_asyncio
-from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
 from hub_resilience.service import ResilienceService
-from hub_resilience.stopped import (
+from hub_resilience.service.metrics import REGISTRY
+from hub_resilience.service.stopped import (
     API,
     INVALID,
     JSON,

@@ -20,8 +20,8 @@ from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
-from hub_resilience.culler import Culler
 from hub_resilience.hubclient import HubAPIError
+from hub_resilience.service.culler import Culler
 from tests.k8s.cluster import LocalCluster
 from tests.support.hub import RunningHub, create_users, gather_limited, running_hub, wait_until
 

@@ -1,6 +1,6 @@
 """Start a real JupyterHub, with its real configurable-http-proxy, for integration tests.
 
-The launching itself lives in :mod:`hub_resilience.localhub` (the demo and the benchmarks use
+The launching itself lives in :mod:`hub_resilience.tools.localhub` (the demo and the benchmarks use
 it too); this module keeps the tests' names for it and adds test helpers.
 
 Usage::
@@ -11,7 +11,7 @@ Usage::
             await client.start_server_and_wait("alice")
 
 Both run as subprocesses on free loopback ports, in a temporary directory holding the config,
-the sqlite database and the logs. The hub uses :class:`hub_resilience.simulated.
+the sqlite database and the logs. The hub uses :class:`hub_resilience.tools.simulated_spawner.
 SimulatedSpawner` (one loopback responder stands in for every single-user server) and a
 dummy authenticator allowing anyone. The test's config text is appended to the base config,
 so it can override anything; to add roles or services, append to ``c.JupyterHub.load_roles``
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hub_resilience.hubclient import HubClient
-from hub_resilience.localhub import BASE_CONFIG, LocalHub, local_hub, unused_port
+from hub_resilience.tools.localhub import BASE_CONFIG, LocalHub, local_hub, unused_port
 
 __all__ = [
     "BASE_CONFIG",

@@ -54,25 +54,25 @@ def _interval(servers: int, rate: float, floor: int, cap: int) -> tuple[int, boo
 
 
 def tune_activity(
-    expected_servers: int,
-    budget_per_second: float,
+    expected_concurrent_servers: int,
+    activity_requests_per_second: float,
     *,
     singleuser_share: float = 0.5,
     max_interval: int = 3600,
 ) -> ActivitySettings:
-    """Compute activity settings for ``expected_servers`` within ``budget_per_second``.
+    """Compute activity settings for ``expected_concurrent_servers`` within ``activity_requests_per_second``.
 
     Raises ValueError naming the argument for a negative server count, a budget that is not
     positive, a share outside (0, 1) or a cap below JupyterHub's defaults.
     """
-    if isinstance(expected_servers, bool) or not isinstance(expected_servers, int):
-        raise ValueError(f"expected_servers must be a whole number, got {expected_servers!r}")
-    if expected_servers < 0:
-        raise ValueError(f"expected_servers must be >= 0, got {expected_servers}")
-    if not budget_per_second > 0 or math.isinf(budget_per_second):
+    if isinstance(expected_concurrent_servers, bool) or not isinstance(expected_concurrent_servers, int):
+        raise ValueError(f"expected_concurrent_servers must be a whole number, got {expected_concurrent_servers!r}")
+    if expected_concurrent_servers < 0:
+        raise ValueError(f"expected_concurrent_servers must be >= 0, got {expected_concurrent_servers}")
+    if not activity_requests_per_second > 0 or math.isinf(activity_requests_per_second):
         raise ValueError(
-            f"activity budget must be a positive number of requests per second, "
-            f"got {budget_per_second!r}"
+            f"activity_requests_per_second must be a positive number of requests per second, "
+            f"got {activity_requests_per_second!r}"
         )
     if not 0 < singleuser_share < 1:
         raise ValueError(f"singleuser_share must be between 0 and 1, got {singleuser_share!r}")
@@ -82,17 +82,17 @@ def tune_activity(
             f"{DEFAULT_SINGLEUSER_INTERVAL} s, got {max_interval}"
         )
     singleuser, su_met = _interval(
-        expected_servers,
-        budget_per_second * singleuser_share,
+        expected_concurrent_servers,
+        activity_requests_per_second * singleuser_share,
         DEFAULT_SINGLEUSER_INTERVAL,
         max_interval,
     )
     hub, hub_met = _interval(
-        expected_servers,
-        budget_per_second * (1 - singleuser_share),
+        expected_concurrent_servers,
+        activity_requests_per_second * (1 - singleuser_share),
         DEFAULT_HUB_INTERVAL,
         max_interval,
     )
     resolution = max(DEFAULT_RESOLUTION, singleuser // 10)
-    rate = expected_servers / singleuser + expected_servers / hub
+    rate = expected_concurrent_servers / singleuser + expected_concurrent_servers / hub
     return ActivitySettings(singleuser, hub, resolution, rate, su_met and hub_met)

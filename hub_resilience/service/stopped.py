@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from tornado import web
 
-from hub_resilience.metrics import STOPPED_SERVER_RESPONSES
+from hub_resilience.service.metrics import STOPPED_SERVER_RESPONSES, StoppedKind
 
 #: First path segments of a *default* server's URLs (Jupyter Server, JupyterLab, classic
 #: notebook, common extensions). With named servers on, any other segment after the user
@@ -47,12 +47,8 @@ DEFAULT_SERVER_PATHS = frozenset({
     "retro", "consoles", "extensions", "lsp", "git", "jupyterlab-git",
 })
 
-#: ``kind`` label values (metrics.STOPPED_SERVER_KINDS lists the same set).
-API, XHR, WEBSOCKET, JSON, PAGE, RESOURCE, INVALID = (
-    "api", "xhr", "websocket", "json", "page", "resource", "invalid",
-)
 #: Kinds answered with JSON.
-JSON_KINDS = frozenset({API, XHR, WEBSOCKET, JSON})
+JSON_KINDS = frozenset({StoppedKind.API, StoppedKind.XHR, StoppedKind.WEBSOCKET, StoppedKind.JSON})
 #: ``Sec-Fetch-Dest`` values of a navigation (a page the browser shows).
 DOCUMENT_DESTINATIONS = frozenset({"", "document", "iframe", "frame", "embed", "object"})
 
@@ -149,26 +145,28 @@ def _prefers_json(accept: str) -> bool:
     return False
 
 
-def classify(method: str, headers: Mapping[str, str], server_path: ServerPath | None) -> str:
+def classify(
+    method: str, headers: Mapping[str, str], server_path: ServerPath | None
+) -> StoppedKind:
     """The kind of a request for a stopped server (the ``kind`` metric label)."""
     if server_path is None:
-        return INVALID
+        return StoppedKind.INVALID
     if _header(headers, "Upgrade").lower() == "websocket":
-        return WEBSOCKET
+        return StoppedKind.WEBSOCKET
     if method.upper() not in ("GET", "HEAD"):
-        return API  # the hub fails every non-GET request with JSON
+        return StoppedKind.API  # the hub fails every non-GET request with JSON
     if _header(headers, "X-Requested-With").lower() == "xmlhttprequest":
-        return XHR
+        return StoppedKind.XHR
     if "api" in server_path.rest:
-        return API
+        return StoppedKind.API
     if _prefers_json(_header(headers, "Accept")):
-        return JSON
+        return StoppedKind.JSON
     destination = _header(headers, "Sec-Fetch-Dest").lower()
     if _header(headers, "Sec-Fetch-Mode").lower() == "navigate" or (
         destination in DOCUMENT_DESTINATIONS
     ):
-        return PAGE
-    return RESOURCE
+        return StoppedKind.PAGE
+    return StoppedKind.RESOURCE
 
 
 def escape_path_segment(value: str) -> str:
@@ -246,7 +244,7 @@ def page_answer(settings: StoppedSettings, server_path: ServerPath, uri: str) ->
         home=html.escape(settings.base_url + "hub/home", quote=True),
     )
     headers = {**NO_STORE_HEADERS, "Content-Security-Policy": PAGE_CSP}
-    return Answer(PAGE, settings.status, "text/html; charset=UTF-8", page.encode(), headers)
+    return Answer(StoppedKind.PAGE, settings.status, "text/html; charset=UTF-8", page.encode(), headers)
 
 
 def decide(
@@ -257,13 +255,13 @@ def decide(
     kind = classify(method, headers, server_path)
     if server_path is None:
         body = json.dumps({"status": 404, "message": "No user server in this URL."})
-        return Answer(INVALID, 404, "application/json", body.encode(), NO_STORE_HEADERS)
+        return Answer(StoppedKind.INVALID, 404, "application/json", body.encode(), NO_STORE_HEADERS)
     if kind in JSON_KINDS:
         return json_answer(kind, settings, path, server_path)
-    if kind == PAGE:
+    if kind == StoppedKind.PAGE:
         return page_answer(settings, server_path, uri)
     text = f"The {describe(server_path)} is not running.\n"
-    return Answer(RESOURCE, settings.status, "text/plain; charset=UTF-8", text.encode(),
+    return Answer(StoppedKind.RESOURCE, settings.status, "text/plain; charset=UTF-8", text.encode(),
                   NO_STORE_HEADERS)
 
 

@@ -5,14 +5,14 @@ with nothing to set up: it starts a real JupyterHub and its real configurable-ht
 loopback, switched on with :func:`hub_resilience.configure` (the resilience service with the
 stopped-server handler, the culler and its ``/metrics``, tuned activity intervals, a
 ``concurrent_spawn_limit``), with lightweight simulated single-user servers
-(:class:`hub_resilience.simulated.SimulatedSpawner`). Then a workshop happens
-(:mod:`hub_resilience.simulate`): by default 200 students click "Start" at the same moment,
+(:class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner`). Then a workshop happens
+(:mod:`hub_resilience.tools.simulate`): by default 200 students click "Start" at the same moment,
 the hub throttles them and they wait out its 429s, each works for a little while (activity
 reports), stops their server and leaves a browser tab polling it, which the stopped-server
 handler answers instead of the hub. The report says how long everyone waited and what the
 hub had to serve; then everything is stopped and removed.
 
-``--kubernetes`` runs the same workshop with :class:`hub_resilience.spawner.
+``--kubernetes`` runs the same workshop with :class:`hub_resilience.hub.spawner.
 ResilientKubeSpawner` against the local Kubernetes control plane of ``tests/k8s`` (started
 from the repository checkout; kube-apiserver, kube-scheduler and etcd are real, the kubelets
 are KWOK's), or against a cluster given with ``--kubeconfig``.
@@ -37,9 +37,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub_resilience.hubclient import HubAPIError
-from hub_resilience.loadreport import LoadReport
-from hub_resilience.localhub import local_hub, unused_port
-from hub_resilience.simulate import (
+from hub_resilience.tools.loadreport import LoadReport
+from hub_resilience.tools.localhub import local_hub, unused_port
+from hub_resilience.tools.simulate import (
     Simulation,
     SimulationPlan,
     add_plan_arguments,
@@ -82,7 +82,7 @@ def hub_config(
     service_port: int,
     spawn_limit: int,
     start_delay: float,
-    expected_servers: int,
+    expected_concurrent_servers: int,
     kubernetes: KubernetesTarget | None = None,
 ) -> str:
     """The demo hub's config: the package switched on with configure(), nothing else
@@ -113,7 +113,7 @@ def hub_config(
         f"    {spawner}",
         f"    service_port={service_port},",
         f"    concurrent_spawn_limit={spawn_limit},",
-        f"    expected_servers={max(1, expected_servers)},",
+        f"    expected_concurrent_servers={max(1, expected_concurrent_servers)},",
         ")",
     ]
     return "\n".join(lines) + "\n"
@@ -196,7 +196,7 @@ async def run_demo(
         service_port=service_port,
         spawn_limit=spawn_limit,
         start_delay=start_delay,
-        expected_servers=plan.users,
+        expected_concurrent_servers=plan.users,
         kubernetes=kubernetes,
     )
     env = {"KUBECONFIG": str(kubernetes.kubeconfig)} if kubernetes else None
@@ -295,7 +295,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """``hub-resilience demo``."""
     logging.basicConfig(level=logging.WARNING,
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
-    logging.getLogger("hub_resilience.simulate.users").setLevel(logging.ERROR)
+    logging.getLogger("hub_resilience.tools.simulate.users").setLevel(logging.ERROR)
     if args.users is None:
         args.users = DEFAULT_KUBERNETES_USERS if args.kubernetes else DEFAULT_USERS
     try:

@@ -10,7 +10,7 @@ seconds, reachable only from this machine, and gone without a trace afterwards. 
             await client.start_server_and_wait("alice")
 
 Both run as subprocesses on free loopback ports, in a temporary directory holding the config,
-the sqlite database and the logs. The hub uses :class:`hub_resilience.simulated.
+the sqlite database and the logs. The hub uses :class:`hub_resilience.tools.simulated_spawner.
 SimulatedSpawner` (one loopback responder stands in for every single-user server) and a dummy
 authenticator; the caller's config text is appended to the base config, so it can override
 anything. To add roles or services, append to ``c.JupyterHub.load_roles`` and
@@ -50,7 +50,7 @@ from hub_resilience.hubclient import HubClient
 LOOPBACK = "127.0.0.1"
 
 BASE_CONFIG = """\
-# Written by hub_resilience.localhub; the caller's own config follows the marker below.
+# Written by hub_resilience.tools.localhub; the caller's own config follows the marker below.
 c = get_config()  # noqa
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {proxy_port}
@@ -66,7 +66,7 @@ c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.auth_token = "{proxy_token}"
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True
-c.JupyterHub.spawner_class = "hub_resilience.simulated.SimulatedSpawner"
+c.JupyterHub.spawner_class = "hub_resilience.tools.simulated_spawner.SimulatedSpawner"
 c.SimulatedSpawner.responder_port = {responder_port}
 c.JupyterHub.services = [{{"name": "{service}", "api_token": "{token}"}}]
 # The admin role (not just its scopes): creating admin users requires an admin requester.

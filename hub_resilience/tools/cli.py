@@ -1,8 +1,8 @@
 """The ``hub-resilience`` command.
 
-Each subcommand lives in the module that does its job; that module exposes
-``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the parsed
-arguments and returning an exit code). This file only lists those modules.
+Each argparse subcommand lives in the module that does its job, which exposes
+``register(subparsers)``; ``service`` and ``cull`` are the service process's traitlets
+Applications (:mod:`hub_resilience.service.commands`), which take their own arguments.
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import argparse
 import importlib
 import sys
 
-#: Modules that provide a subcommand, in the order ``--help`` shows them.
+from hub_resilience.service.commands import COMMANDS
+
+#: Modules that provide an argparse subcommand, in the order ``--help`` shows them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "hub_resilience.plan_cli",
-    "hub_resilience.culler",
-    "hub_resilience.service",
-    "hub_resilience.simulate",
-    "hub_resilience.demo",
+    "hub_resilience.tools.plan_cli",
+    "hub_resilience.tools.simulate",
+    "hub_resilience.tools.demo",
 )
 
 
@@ -29,11 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for name, app in COMMANDS.items():
+        # Listed for --help; the Application parses its own arguments (see main).
+        subparsers.add_parser(name, help=app.description.split(". ")[0] + ".", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]].main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -21,29 +21,33 @@ fixes what made the stock culler fail during a launch spike:
 
 Paging through ``state=active`` while stopping servers shrinks the listing behind the cursor;
 the culler steps the next offset back by the number of users it removed and skips names it
-already saw, so no user is skipped (see :func:`hub_resilience.cull_policy.next_page_offset`).
+already saw, so no user is skipped (see
+:func:`hub_resilience.service.cull_policy.next_page_offset`).
 
-Run it standalone with ``hub-resilience cull`` or ``python -m hub_resilience.culler``.
+Run it standalone with ``hub-resilience cull`` (:mod:`hub_resilience.service.commands`).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
-from traitlets.config import Config, LoggingConfigurable
-from traitlets.config.loader import PyFileConfigLoader
+from traitlets.config import LoggingConfigurable
 
 from hub_resilience.backoff import BackoffPolicy
-from hub_resilience.cull_policy import (
+from hub_resilience.hubclient import (
+    DeleteUserResult,
+    HubAPIError,
+    HubClient,
+    MalformedResponseError,
+    StopResult,
+)
+from hub_resilience.service.cull_policy import (
     CullSettings,
     MalformedModel,
     ServerOutcome,
@@ -59,14 +63,7 @@ from hub_resilience.cull_policy import (
     user_name,
     user_servers,
 )
-from hub_resilience.hubclient import (
-    DeleteUserResult,
-    HubAPIError,
-    HubClient,
-    MalformedResponseError,
-    StopResult,
-)
-from hub_resilience.metrics import (
+from hub_resilience.service.metrics import (
     CULLER_CYCLE_DURATION,
     CULLER_CYCLE_OVERRUNS,
     CULLER_CYCLES,
@@ -74,6 +71,8 @@ from hub_resilience.metrics import (
     CULLER_SERVERS_CULLED,
     CULLER_SKIPPED,
     CULLER_USERS_CULLED,
+    CycleResult,
+    SkipReason,
 )
 
 
@@ -110,6 +109,14 @@ def _server_label(user: str, server: str) -> str:
     return f"{user}/{server}" if server else user
 
 
+#: Scopes the culler needs (checked against jupyterhub/scopes.py and the user model's fields
+#: in jupyterhub/apihandlers/base.py): list users with their servers and activity, stop
+#: servers. Deleting users (cull_users) also needs ``delete:users``, and ``read:users`` for
+#: the users' ``created`` time; far less than the ``admin:users`` the stock culler is given.
+SCOPES = ("list:users", "read:users:activity", "read:servers", "delete:servers")
+CULL_USERS_SCOPES = ("read:users", "delete:users")
+
+
 class Culler(LoggingConfigurable):
     """Periodically stop idle servers and, optionally, delete idle users.
 
@@ -119,8 +126,7 @@ class Culler(LoggingConfigurable):
     differ where the stock ones hurt a large hub (concurrency 2, 200 users per page, admins
     not deleted).
 
-    The hub token needs the scopes ``list:users``, ``read:users:activity``,
-    ``read:servers``, ``delete:servers``, and with ``cull_users`` also ``admin:users``.
+    The token's scopes are :meth:`required_scopes` (docs/culler.md).
     """
 
     api_url = Unicode(
@@ -140,7 +146,7 @@ class Culler(LoggingConfigurable):
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     timeout = Float(
-        600,
+        3600,
         help="Seconds without activity after which a server (or, with cull_users, a user "
         "without servers) is culled.",
     ).tag(config=True)
@@ -237,7 +243,7 @@ class Culler(LoggingConfigurable):
 
     @default("log")
     def _default_log(self) -> logging.Logger:
-        return logging.getLogger("hub_resilience.culler")
+        return logging.getLogger("hub_resilience.service.culler")
 
     @validate("timeout", "request_timeout", "retry_deadline", "backoff_base", "backoff_cap")
     def _positive(self, proposal: Any) -> float:
@@ -273,6 +279,10 @@ class Culler(LoggingConfigurable):
         self.last_report: CycleReport | None = None
 
     # -- configuration ----------------------------------------------------------------------
+
+    def required_scopes(self) -> list[str]:
+        """The least scopes the culler's token needs with these settings."""
+        return list(SCOPES) + (list(CULL_USERS_SCOPES) if self.cull_users else [])
 
     @property
     def period(self) -> float:
@@ -399,7 +409,7 @@ class Culler(LoggingConfigurable):
             self.cycles_run += 1
             self.last_report = report
             CULLER_CYCLE_DURATION.observe(report.duration)
-            CULLER_CYCLES.labels("error" if report.error else "ok").inc()
+            CULLER_CYCLES.labels(CycleResult.ERROR if report.error else CycleResult.OK).inc()
             if not report.error:
                 CULLER_LAST_CYCLE_END.set(time.time())
             self.log.info(
@@ -423,7 +433,11 @@ class Culler(LoggingConfigurable):
             except HubAPIError as e:
                 failures += 1
                 report.failed_pages += 1
-                kind = "malformed" if isinstance(e, MalformedResponseError) else "error"
+                kind = (
+                    SkipReason.MALFORMED
+                    if isinstance(e, MalformedResponseError)
+                    else SkipReason.ERROR
+                )
                 CULLER_SKIPPED.labels(kind).inc()
                 self.log.error(
                     "Skipping the page of users at offset %d (state=%s): %s", offset, state, e
@@ -444,7 +458,7 @@ class Culler(LoggingConfigurable):
                     name = user_name(item)
                 except MalformedModel as e:
                     report.skipped += 1
-                    CULLER_SKIPPED.labels("malformed").inc()
+                    CULLER_SKIPPED.labels(SkipReason.MALFORMED).inc()
                     self.log.error("Skipping a malformed user model: %s", e)
                     continue
                 names.add(name)
@@ -484,7 +498,7 @@ class Culler(LoggingConfigurable):
         except Exception:
             # A bug must cost one user, not the cycle; HubAPIErrors are handled below.
             report.skipped += 1
-            CULLER_SKIPPED.labels("error").inc()
+            CULLER_SKIPPED.labels(SkipReason.ERROR).inc()
             self.log.exception("Unexpected error handling user %s", user.get("name"))
             return False
 
@@ -497,7 +511,7 @@ class Culler(LoggingConfigurable):
             servers = user_servers(user)
         except MalformedModel as e:
             report.skipped += 1
-            CULLER_SKIPPED.labels("malformed").inc()
+            CULLER_SKIPPED.labels(SkipReason.MALFORMED).inc()
             self.log.error("Skipping user %s: %s", name, e)
             return False
         outcomes: dict[str, ServerOutcome] = {}
@@ -534,7 +548,7 @@ class Culler(LoggingConfigurable):
             decision = decide_server(server, server_name, self.now(), settings)
         except MalformedModel as e:
             report.skipped += 1
-            CULLER_SKIPPED.labels("malformed").inc()
+            CULLER_SKIPPED.labels(SkipReason.MALFORMED).inc()
             self.log.error("Skipping server %s: %s", label, e)
             return ServerOutcome.SKIPPED
         if not decision.cull:
@@ -551,7 +565,7 @@ class Culler(LoggingConfigurable):
                     return ServerOutcome.GONE
                 decision = decide_server(fresh, server_name, self.now(), settings)
                 if not decision.cull:
-                    CULLER_SKIPPED.labels("became_active").inc()
+                    CULLER_SKIPPED.labels(SkipReason.BECAME_ACTIVE).inc()
                     self.log.info(
                         "Not culling server %s: re-checked, now %s (inactive for %s)",
                         label, decision.reason, format_duration(decision.inactive),
@@ -568,7 +582,9 @@ class Culler(LoggingConfigurable):
         except (HubAPIError, MalformedModel) as e:
             report.skipped += 1
             CULLER_SKIPPED.labels(
-                "malformed" if isinstance(e, MalformedResponseError | MalformedModel) else "error"
+                SkipReason.MALFORMED
+                if isinstance(e, MalformedResponseError | MalformedModel)
+                else SkipReason.ERROR
             ).inc()
             self.log.error("Not culling server %s this cycle: %s", label, e)
             return ServerOutcome.SKIPPED
@@ -594,7 +610,7 @@ class Culler(LoggingConfigurable):
             server = await client.get_server(name, server_name)
         except HubAPIError as e:
             report.skipped += 1
-            CULLER_SKIPPED.labels("error").inc()
+            CULLER_SKIPPED.labels(SkipReason.ERROR).inc()
             self.log.error("Server %s: stop refused (%s), state unreadable: %s", label, message, e)
             return ServerOutcome.SKIPPED
         if server is None:
@@ -604,7 +620,7 @@ class Culler(LoggingConfigurable):
             self.log.info("Server %s is already stopping (%s); following up", label, message)
             return ServerOutcome.STOPPING
         report.skipped += 1
-        CULLER_SKIPPED.labels("error").inc()
+        CULLER_SKIPPED.labels(SkipReason.ERROR).inc()
         self.log.info("Hub refused to stop server %s (%s); next cycle will retry", label, message)
         return ServerOutcome.SKIPPED
 
@@ -623,7 +639,7 @@ class Culler(LoggingConfigurable):
             self.log.info("Server %s has stopped", label)
             return ServerOutcome.STOPPED
         report.still_stopping += 1
-        CULLER_SKIPPED.labels("slow_stop").inc()
+        CULLER_SKIPPED.labels(SkipReason.SLOW_STOP).inc()
         self.log.warning(
             "Server %s is still stopping after %.0fs; its user is left for a later cycle",
             label, self.stop_wait_timeout,
@@ -659,7 +675,9 @@ class Culler(LoggingConfigurable):
         except (HubAPIError, MalformedModel) as e:
             report.skipped += 1
             CULLER_SKIPPED.labels(
-                "malformed" if isinstance(e, MalformedResponseError | MalformedModel) else "error"
+                SkipReason.MALFORMED
+                if isinstance(e, MalformedResponseError | MalformedModel)
+                else SkipReason.ERROR
             ).inc()
             self.log.error("Not deleting user %s this cycle: %s", name, e)
             return False
@@ -680,158 +698,3 @@ def format_duration_seconds(seconds: float) -> str:
 
 
 # -- command line ---------------------------------------------------------------------------
-
-#: command-line flag -> (Culler trait, argparse type); the jupyterhub-idle-culler flags first.
-_VALUE_FLAGS = {
-    "--url": ("api_url", str),
-    "--timeout": ("timeout", float),
-    "--cull-every": ("cull_every", float),
-    "--max-age": ("max_age", float),
-    "--concurrency": ("concurrency", int),
-    "--api-page-size": ("api_page_size", int),
-    "--recheck-after": ("recheck_after", float),
-    "--stop-wait-timeout": ("stop_wait_timeout", float),
-    "--request-timeout": ("request_timeout", float),
-}
-_BOOL_FLAGS = {
-    "--cull-users": "cull_users",
-    "--cull-admin-users": "cull_admin_users",
-    "--cull-default-servers": "cull_default_servers",
-    "--cull-named-servers": "cull_named_servers",
-    "--remove-named-servers": "remove_named_servers",
-}
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The culler's flags (those of jupyterhub-idle-culler, plus ours)."""
-    for flag, (trait, kind) in _VALUE_FLAGS.items():
-        parser.add_argument(
-            flag, type=kind, default=None, metavar=trait.upper(),
-            help=Culler.class_traits()[trait].help,
-        )
-    for flag, trait in _BOOL_FLAGS.items():
-        parser.add_argument(
-            flag, type=_boolean, nargs="?", const=True, default=None, metavar="BOOL",
-            help=Culler.class_traits()[trait].help,
-        )
-    parser.add_argument(
-        "--config", default=None,
-        help="A traitlets config file (Python, c.Culler.<option> = ...); flags override it.",
-    )
-    parser.add_argument(
-        "--once", action="store_true",
-        help="Run a single cycle and exit (status 1 if it failed), e.g. from a cron job.",
-    )
-    parser.add_argument(
-        "--metrics-port", type=int, default=0,
-        help="Serve Prometheus metrics on this port at /metrics (0, the default: don't).",
-    )
-    parser.add_argument(
-        "--metrics-ip", default="127.0.0.1", help="Address for --metrics-port."
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="Log level.",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """A traitlets Config from the config file (if any) overlaid with the flags."""
-    config = Config()
-    if args.config:
-        directory, filename = os.path.split(os.path.abspath(args.config))
-        config.merge(PyFileConfigLoader(filename, path=directory).load_config())
-    for flag, (trait, _) in _VALUE_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            config.Culler[trait] = value
-    for flag, trait in _BOOL_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            config.Culler[trait] = value
-    return config
-
-
-async def _serve_metrics(ip: str, port: int) -> Any:
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-    from tornado import web
-
-    class Metrics(web.RequestHandler):
-        def get(self) -> None:
-            self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.finish(generate_latest(REGISTRY))
-
-    return web.Application([(r"/metrics", Metrics)]).listen(port, address=ip)
-
-
-async def _run(culler: Culler, args: argparse.Namespace) -> int:
-    metrics_server = None
-    if args.metrics_port:
-        metrics_server = await _serve_metrics(args.metrics_ip, args.metrics_port)
-    try:
-        if args.once:
-            try:
-                report = await culler.run_cycle()
-            finally:
-                await culler.close()
-            return 1 if report.error else 0
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, culler.stop)
-        await culler.run_forever()
-        return 0
-    finally:
-        if metrics_server is not None:
-            metrics_server.stop()
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the culler from parsed command-line arguments; returns the exit status."""
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
-    )
-    try:
-        culler = Culler(config=config_from_args(args))
-        culler.client  # noqa: B018 - fail now, with a clear message, on a missing URL/token
-        culler.backoff_policy()
-    except (TraitError, ValueError, OSError) as e:
-        print(f"hub-resilience cull: {e}", file=sys.stderr)
-        return 2
-    return asyncio.run(_run(culler, args))
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``cull`` subcommand to the ``hub-resilience`` command."""
-    parser = subparsers.add_parser(
-        "cull",
-        help="Cull idle servers (and users) as a JupyterHub service.",
-        description="Stop idle single-user servers, and optionally delete idle users, "
-        "using JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN like any JupyterHub service. "
-        "Accepts jupyterhub-idle-culler's flags.",
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run_from_args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hub_resilience.culler``: the same as ``hub-resilience cull``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hub_resilience.culler",
-        description="Stop idle single-user servers (and optionally users) of a JupyterHub.",
-    )
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

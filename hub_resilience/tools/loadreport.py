@@ -1,6 +1,6 @@
 """The arithmetic of a load rehearsal: when users arrive, and what the run amounts to.
 
-Pure functions and data, no I/O, so that the simulator (:mod:`hub_resilience.simulate`), the
+Pure functions and data, no I/O, so that the simulator (:mod:`hub_resilience.tools.simulate`), the
 demo and the benchmarks share one definition of every figure they print, and the figures
 can be tested without a hub:
 

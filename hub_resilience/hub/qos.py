@@ -22,19 +22,34 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-GUARANTEED = "Guaranteed"
-BURSTABLE = "Burstable"
-BEST_EFFORT = "BestEffort"
+from hub_resilience.labels import LabelEnum
+
+
+class QoSClass(LabelEnum):
+    """The QoS classes Kubernetes gives a pod (``status.qosClass``)."""
+
+    GUARANTEED = "Guaranteed"
+    BURSTABLE = "Burstable"
+    BEST_EFFORT = "BestEffort"
+
+
+class QoSMode(LabelEnum):
+    """Which resources must have requests equal to limits."""
+
+    GUARANTEED = "guaranteed"  # cpu and memory: QoS class Guaranteed
+    MEMORY_ONLY = "memory-only"  # memory only, CPU left burstable
+
+
+class QoSPolicy(LabelEnum):
+    """How a container whose requests differ from its limits is made Guaranteed."""
+
+    RAISE_REQUESTS = "raise-requests"
+    LOWER_LIMITS = "lower-limits"
+    REFUSE = "refuse"
+
 
 #: The resources Kubernetes looks at when it decides a pod's QoS class.
 QOS_RESOURCES = ("cpu", "memory")
-
-#: How a container whose requests differ from its limits is made Guaranteed.
-POLICIES = ("raise-requests", "lower-limits", "refuse")
-
-#: ``guaranteed``: cpu and memory requests == limits (QoS class Guaranteed).
-#: ``memory-only``: memory request == limit in every container, CPU left burstable.
-MODES = ("guaranteed", "memory-only")
 
 
 class QoSError(ValueError):
@@ -150,7 +165,7 @@ def _pod_level_resources(pod: Any) -> tuple[dict, dict] | None:
     return requests, limits
 
 
-def qos_class(pod: Any) -> str:
+def qos_class(pod: Any) -> QoSClass:
     """The QoS class the API server gives this pod: "Guaranteed", "Burstable" or "BestEffort".
 
     Follows Kubernetes' ``GetPodQOS`` (pkg/apis/core/v1/helper/qos), applied to the pod as the
@@ -171,7 +186,7 @@ def qos_class(pod: Any) -> str:
     return _classify(per_container)
 
 
-def _classify(per_container: list[tuple[dict, dict, str]]) -> str:
+def _classify(per_container: list[tuple[dict, dict, str]]) -> QoSClass:
     requests_sum: dict[str, Decimal] = {}
     limits_sum: dict[str, Decimal] = {}
     guaranteed = True
@@ -186,7 +201,7 @@ def _classify(per_container: list[tuple[dict, dict, str]]) -> str:
             else:
                 guaranteed = False
     if not requests_sum and not limits_sum:
-        return BEST_EFFORT
+        return QoSClass.BEST_EFFORT
     if (
         guaranteed
         and all(
@@ -195,14 +210,14 @@ def _classify(per_container: list[tuple[dict, dict, str]]) -> str:
         )
         and len(requests_sum) == len(limits_sum)
     ):
-        return GUARANTEED
-    return BURSTABLE
+        return QoSClass.GUARANTEED
+    return QoSClass.BURSTABLE
 
 
 def make_guaranteed(
     pod: Any,
-    policy: str = "raise-requests",
-    mode: str = "guaranteed",
+    policy: str = QoSPolicy.RAISE_REQUESTS,
+    mode: str = QoSMode.GUARANTEED,
     default_cpu: Any = None,
     default_memory: Any = None,
     profile: str | None = None,
@@ -226,10 +241,12 @@ def make_guaranteed(
 
     Quantities keep the spelling the operator wrote ("1Gi" stays "1Gi").
     """
-    if policy not in POLICIES:
-        raise QoSError(f"unknown QoS policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if mode not in MODES:
-        raise QoSError(f"unknown QoS mode {mode!r}; choose one of {', '.join(MODES)}")
+    if policy not in QoSPolicy.values():
+        raise QoSError(
+            f"unknown QoS policy {policy!r}; choose one of {', '.join(QoSPolicy.values())}"
+        )
+    if mode not in QoSMode.values():
+        raise QoSError(f"unknown QoS mode {mode!r}; choose one of {', '.join(QoSMode.values())}")
     where = f"profile '{profile}'" if profile else "the default profile"
     if _pod_level_resources(pod) is not None:
         raise QoSError(
@@ -240,7 +257,7 @@ def make_guaranteed(
     for resource, value in defaults.items():
         if value is not None:
             parse_resource_quantity(value, what=f"default {resource}")
-    enforced = QOS_RESOURCES if mode == "guaranteed" else ("memory",)
+    enforced = QOS_RESOURCES if mode == QoSMode.GUARANTEED else ("memory",)
 
     pod = copy.deepcopy(pod)
     for ref in iter_containers(pod):
@@ -278,9 +295,9 @@ def _guaranteed_value(
             return limit_raw
         if request > limit:
             raise QoSError(f"{what} request {request_raw} is above its limit {limit_raw}")
-        if policy == "raise-requests":
+        if policy == QoSPolicy.RAISE_REQUESTS:
             return limit_raw
-        if policy == "lower-limits":
+        if policy == QoSPolicy.LOWER_LIMITS:
             return request_raw
         raise QoSError(
             f"{what} request {request_raw} differs from limit {limit_raw}; a Guaranteed pod "
@@ -289,7 +306,7 @@ def _guaranteed_value(
     if limit is not None:
         return limit_raw
     if request is not None:
-        if policy == "refuse":
+        if policy == QoSPolicy.REFUSE:
             raise QoSError(
                 f"{what} has a request ({request_raw}) but no limit; a Guaranteed pod needs "
                 "a limit equal to the request"
@@ -304,7 +321,7 @@ def _guaranteed_value(
     return default
 
 
-def check_enforced(pod: Any, mode: str = "guaranteed", profile: str | None = None) -> None:
+def check_enforced(pod: Any, mode: str = QoSMode.GUARANTEED, profile: str | None = None) -> None:
     """Raise QoSError unless the pod meets ``mode``, naming the first offending container.
 
     A last check on the finished pod: in ``guaranteed`` mode the class computed by
@@ -312,7 +329,7 @@ def check_enforced(pod: Any, mode: str = "guaranteed", profile: str | None = Non
     memory limit equal to its request.
     """
     where = f"profile '{profile}'" if profile else "the default profile"
-    resources = QOS_RESOURCES if mode == "guaranteed" else ("memory",)
+    resources = QOS_RESOURCES if mode == QoSMode.GUARANTEED else ("memory",)
     for ref in iter_containers(pod):
         requests, limits = _resources(ref.container)
         for resource in resources:
@@ -325,5 +342,5 @@ def check_enforced(pod: Any, mode: str = "guaranteed", profile: str | None = Non
                     f"{limits.get(resource)} are not equal, so the pod would not be "
                     f"{'Guaranteed' if mode == 'guaranteed' else 'memory-guaranteed'}"
                 )
-    if mode == "guaranteed" and qos_class(pod) != GUARANTEED:
+    if mode == QoSMode.GUARANTEED and qos_class(pod) != QoSClass.GUARANTEED:
         raise QoSError(f"{where}: the pod would be {qos_class(pod)}, not Guaranteed")

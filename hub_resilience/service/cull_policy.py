@@ -1,6 +1,6 @@
 """What the culler decides, as pure functions of API models and the clock.
 
-Kept apart from :mod:`hub_resilience.culler` (which does the talking) so every rule can be
+Kept apart from :mod:`hub_resilience.service.culler` (which does the talking) so every rule can be
 tested without a hub: which servers are idle or too old, which users may be deleted, when a
 decision made on a listed page must be re-checked, how to page through a listing that the
 culler itself shrinks, and when the next cycle starts.
@@ -15,6 +15,8 @@ from typing import Any
 
 from dateutil.parser import isoparse
 
+from hub_resilience.labels import LabelEnum
+
 
 class MalformedModel(ValueError):
     """A user or server model from the hub that the culler cannot safely act on."""
@@ -22,7 +24,7 @@ class MalformedModel(ValueError):
 
 @dataclass(frozen=True)
 class CullSettings:
-    """The culling rules (see :class:`hub_resilience.culler.Culler` for their meaning)."""
+    """The culling rules (see :class:`hub_resilience.service.culler.Culler` for their meaning)."""
 
     timeout: float
     max_age: float = 0.0
@@ -36,6 +38,13 @@ class CullSettings:
             raise ValueError(f"Culler.timeout must be > 0 seconds, not {self.timeout!r}")
         if self.max_age < 0:
             raise ValueError(f"Culler.max_age must be >= 0 (0 = off), not {self.max_age!r}")
+
+
+class CullReason(LabelEnum):
+    """Why a server or user is culled (a metric label)."""
+
+    INACTIVE = "inactive"
+    MAX_AGE = "max_age"
 
 
 @dataclass(frozen=True)
@@ -141,9 +150,9 @@ def decide_server(
     if not enabled:
         return Decision(False, "disabled", inactive, age)
     if inactive is not None and inactive.total_seconds() >= settings.timeout:
-        return Decision(True, "inactive", inactive, age)
+        return Decision(True, CullReason.INACTIVE, inactive, age)
     if settings.max_age and age is not None and age.total_seconds() >= settings.max_age:
-        return Decision(True, "max_age", inactive, age)
+        return Decision(True, CullReason.MAX_AGE, inactive, age)
     return Decision(False, "active", inactive, age)
 
 
@@ -165,9 +174,9 @@ def decide_user(user: Mapping[str, Any], now: datetime, settings: CullSettings) 
     age = _elapsed(now, created)
     inactive = _elapsed(now, last_activity) if last_activity is not None else age
     if inactive is not None and inactive.total_seconds() >= settings.timeout:
-        return Decision(True, "inactive", inactive, age)
+        return Decision(True, CullReason.INACTIVE, inactive, age)
     if settings.max_age and age is not None and age.total_seconds() >= settings.max_age:
-        return Decision(True, "max_age", inactive, age)
+        return Decision(True, CullReason.MAX_AGE, inactive, age)
     return Decision(False, "active", inactive, age)
 
 

@@ -1,6 +1,6 @@
 """``hub-resilience plan``: size a hub for an event from one node's capacity.
 
-The arithmetic lives in :mod:`hub_resilience.planner`; this module only gets the node's
+The arithmetic lives in :mod:`hub_resilience.tools.planner`; this module only gets the node's
 capacity (from the command line, from ``kubectl get node -o json`` output plus a pod list,
 or from a live cluster), prints the resource choices as YAML on stdout, the rule checks and
 suggestions on stderr, and writes the z2jh values overlay.
@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from hub_resilience import planner
+from hub_resilience.hub.qos import QoSMode
+from hub_resilience.tools import planner
 
 EXIT_BAD_INPUT = 2
 
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--choices", type=int, default=4, metavar="N", help="how many choices to offer (default 4)"
     )
     choices.add_argument(
-        "--mode", choices=planner.MODES, default=planner.GUARANTEED,
+        "--mode", choices=QoSMode.values(), default=QoSMode.GUARANTEED.value,
         help="guaranteed: cpu and memory guarantee == limit (default); memory-only: memory "
         "guarantee == limit, CPU guaranteed in proportion, limited to the node",
     )

@@ -5,8 +5,8 @@ two-core CI runner, yet the culler, the resilience service and the demo need a h
 hundreds of servers that JupyterHub believes are real: started through its spawn machinery,
 checked for readiness over HTTP, routed by the real proxy, polled, stopped. So every
 :class:`SimulatedSpawner` of a hub points at one shared *responder*, a tiny HTTP server
-(``python -m hub_resilience.simulated --port P``) bound to 127.0.0.1, which answers any path
-with 200 (and a small JSON for ``.../api``, the hub's readiness probe). The responder is
+(``python -m hub_resilience.tools.simulated_spawner --port P``) bound to 127.0.0.1, which
+answers any path with 200 (and a small JSON for ``.../api``, the hub's readiness probe). The responder is
 started lazily by the first spawn, watches its parent and exits with the hub, and is
 terminated and reaped at hub exit, so no process outlives a test.
 
@@ -81,7 +81,7 @@ class _Responder:
         # synchronously after the hub's event loop has closed.
         return subprocess.Popen(
             [
-                sys.executable, "-m", "hub_resilience.simulated",
+                sys.executable, "-m", "hub_resilience.tools.simulated_spawner",
                 "--port", str(port), "--parent-pid", str(os.getpid()),
             ],
             stdin=subprocess.DEVNULL,
@@ -308,7 +308,7 @@ async def _serve(port: int, parent_pid: int | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the shared responder (started by SimulatedSpawner, not by hand)."""
     parser = argparse.ArgumentParser(
-        prog="python -m hub_resilience.simulated",
+        prog="python -m hub_resilience.tools.simulated_spawner",
         description="Answer HTTP on 127.0.0.1 for every simulated single-user server of a hub.",
     )
     parser.add_argument("--port", type=int, required=True, help="loopback port to listen on")

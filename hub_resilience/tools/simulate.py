@@ -5,7 +5,7 @@ do to their hub. This command plays those students against any hub URL with an a
 
 1. creates the users (``<prefix>0001``...; pick a prefix no real user has);
 2. lets them arrive in a pattern (all at once, at a steady rate, or ramping up; see
-   :func:`hub_resilience.loadreport.arrival_offsets`);
+   :func:`hub_resilience.tools.loadreport.arrival_offsets`);
 3. each user starts their server through the same overload-safe client this package uses
    everywhere (:class:`hub_resilience.hubclient.HubClient`: 429s are waited out as the hub's
    ``Retry-After`` says, with jitter) and waits until it is ready; ``--client immediate``
@@ -18,7 +18,7 @@ do to their hub. This command plays those students against any hub URL with an a
 6. stops the servers and deletes the users it created (unless ``--keep``).
 
 The run itself is :class:`Simulation` (I/O only); every figure is computed by
-:mod:`hub_resilience.loadreport`. Each user has its own client, as each student has their own
+:mod:`hub_resilience.tools.loadreport`. Each user has its own client, as each student has their own
 browser: one user's 429 does not hold back the others.
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from prometheus_client import REGISTRY
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hub_resilience.backoff import BackoffPolicy
@@ -49,7 +48,8 @@ from hub_resilience.hubclient import (
     SpawnFailedError,
     StopResult,
 )
-from hub_resilience.loadreport import (
+from hub_resilience.service.metrics import REGISTRY
+from hub_resilience.tools.loadreport import (
     Arrival,
     HubLoad,
     HubScrape,

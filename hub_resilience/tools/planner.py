@@ -4,7 +4,7 @@ Why: before a workshop, operators sized the hub by hand (how many users fit on a
 choices to offer, how much placeholder capacity hides node start-up) and mistakes there
 caused 15-minute server starts. This module does that arithmetic once, exactly, and says
 which event rules a plan breaks. It is pure: no I/O, no clock, no cluster; the ``plan``
-subcommand (:mod:`hub_resilience.plan_cli`) reads nodes and writes files.
+subcommand (:mod:`hub_resilience.tools.plan_cli`) reads nodes and writes files.
 
 Quantities are parsed with Kubernetes' own rules (``parse_quantity``) and counted the way the
 scheduler counts them: CPU in whole millicores, each pod's CPU request rounded *up* to a
@@ -22,11 +22,9 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-GUARANTEED = "guaranteed"
-MEMORY_ONLY = "memory-only"
-#: ``guaranteed``: cpu and memory guarantee == limit. ``memory-only``: memory guarantee ==
-#: limit, CPU guaranteed in proportion to memory and limited to the whole node.
-MODES = (GUARANTEED, MEMORY_ONLY)
+# The spawner's modes: ``guaranteed``: cpu and memory guarantee == limit. ``memory-only``:
+# memory guarantee == limit, CPU guaranteed in proportion to memory and limited to the node.
+from hub_resilience.hub.qos import QoSMode
 
 MIB = 1024**2
 GIB = 1024**3
@@ -314,7 +312,7 @@ class Choice:
 def generate_choices(
     node: NodeCapacity,
     count: int,
-    mode: str = GUARANTEED,
+    mode: str = QoSMode.GUARANTEED,
     *,
     oversubscription: Fraction | int = 1,
     min_memory: int = DEFAULT_MIN_MEMORY,
@@ -331,14 +329,16 @@ def generate_choices(
       keep at 1); CPU guarantee is the same fraction of the node's CPU, exactly, and the
       CPU limit is the node's allocatable CPU, so a user can use idle CPU on the node.
     """
-    if mode not in MODES:
-        raise PlanError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in QoSMode.values():
+        raise PlanError(
+            "mode", f"unknown mode {mode!r}; choose one of {', '.join(QoSMode.values())}"
+        )
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise PlanError("choices", f"must be a whole number of at least 1 (got {count!r})")
     oversubscription = Fraction(oversubscription)
     if oversubscription < 1:
         raise PlanError("oversubscription", f"must be 1 or more (got {oversubscription})")
-    if mode == GUARANTEED and oversubscription != 1:
+    if mode == QoSMode.GUARANTEED and oversubscription != 1:
         raise PlanError(
             "oversubscription",
             "guaranteed mode means guarantee == limit, so the factor is 1; "
@@ -359,7 +359,7 @@ def generate_choices(
     for index in range(count):
         fraction = Fraction(1, 2 ** (count - 1 - index))
         mem_guarantee = node.memory * fraction.numerator // fraction.denominator
-        if mode == GUARANTEED:
+        if mode == QoSMode.GUARANTEED:
             cpu = Decimal(node.millicores * fraction.numerator // fraction.denominator) / 1000
             cpu_guarantee = cpu_limit = cpu
             mem_limit = mem_guarantee
@@ -404,7 +404,8 @@ def _check_smallest_fits(
             f"{format_memory(memory)} ({memory} bytes), below the minimum of "
             f"{format_memory(min_memory)} (--min-memory); offer fewer choices",
         )
-    if mode == GUARANTEED and node.millicores * smallest.numerator // smallest.denominator < 1:
+    smallest_millicores = node.millicores * smallest.numerator // smallest.denominator
+    if mode == QoSMode.GUARANTEED and smallest_millicores < 1:
         raise PlanError(
             "choices",
             f"{count} choices make the smallest 1/{per_node} of {node.millicores}m, "
@@ -752,7 +753,7 @@ class Plan:
 def make_plan(
     node: NodeCapacity,
     count: int,
-    mode: str = GUARANTEED,
+    mode: str = QoSMode.GUARANTEED,
     *,
     event: Event | None = None,
     oversubscription: Fraction | int = 1,

@@ -4,10 +4,10 @@ culler, and their metrics.
 Why one process: operators switch on one thing (``hub_resilience.configure(c)`` starts it as
 a JupyterHub managed service inside the hub pod), and it serves:
 
-- ``{base_url}user/...``: the stopped-server handler (:mod:`hub_resilience.stopped`), reached
-  through the proxy route ``Proxy.extra_routes`` installs, so requests for servers that are
+- ``{base_url}user/...``: the stopped-server handler (:mod:`~hub_resilience.service.stopped`),
+  reached through the proxy route ``Proxy.extra_routes`` installs, so requests for servers that are
   not running never reach the hub;
-- the culler (:class:`hub_resilience.culler.Culler`), running in this process's event loop
+- the culler (:class:`hub_resilience.service.culler.Culler`), running in this process's event loop
   with the service's token (``JUPYTERHUB_API_URL`` / ``JUPYTERHUB_API_TOKEN``, set by the hub);
 - ``/metrics`` (Prometheus: the handler's, the culler's and the hub API client's metrics) and
   ``/health`` (JSON; 200 while serving), for Prometheus and probes, directly on its port.
@@ -20,39 +20,36 @@ would), pauses its culler, and exits as soon as a new hub's service answers on t
 (the listening socket uses ``SO_REUSEPORT``, so both can listen meanwhile) or after
 ``orphan_timeout``. A new hub therefore never fails to start its service on a taken port.
 
-Run it with ``hub-resilience service`` (``--help`` lists the flags); ``configure()`` writes
-the command line for the hub.
+Run it with ``python -m hub_resilience.service`` (:mod:`hub_resilience.service.commands`);
+``configure()`` writes that command line for the hub.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import re
-import signal
-import sys
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, validate
-from traitlets.config import Config, LoggingConfigurable
-from traitlets.config.loader import PyFileConfigLoader
+from traitlets.config import LoggingConfigurable
 
-from hub_resilience.culler import Culler
-from hub_resilience.metrics import (
+from hub_resilience.service.culler import Culler
+from hub_resilience.service.metrics import (
+    REGISTRY,
     SERVICE_CULLER_ENABLED,
     SERVICE_ORPHANED,
-    STOPPED_SERVER_KINDS,
     STOPPED_SERVER_RESPONSES,
+    StoppedKind,
 )
-from hub_resilience.stopped import StoppedServerHandler, StoppedSettings
+from hub_resilience.service.stopped import StoppedServerHandler, StoppedSettings
 
 log = logging.getLogger("hub_resilience.service")
 
@@ -223,8 +220,8 @@ class ResilienceService(LoggingConfigurable):
     async def run(self) -> None:
         """Serve until :meth:`stop`; returns after a clean shutdown."""
         status = str(self.stopped_status)
-        for kind in STOPPED_SERVER_KINDS:  # every series exists from the start, at 0
-            STOPPED_SERVER_RESPONSES.labels(kind, "404" if kind == "invalid" else status)
+        for kind in StoppedKind:  # every series exists from the start, at 0
+            STOPPED_SERVER_RESPONSES.labels(kind, "404" if kind == StoppedKind.INVALID else status)
         SERVICE_ORPHANED.set(0)
         if self._server is None:
             self.listen()
@@ -378,174 +375,3 @@ def log_request(handler: web.RequestHandler) -> None:
     level = logging.ERROR if status >= 500 else (logging.DEBUG if quiet else logging.INFO)
     log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
             1000 * handler.request.request_time())
-
-
-# -- command line ---------------------------------------------------------------------------
-
-
-class OptionError(ValueError):
-    """A command-line value that cannot be used; the message names the flag."""
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def parse_culler_option(text: str) -> tuple[str, Any]:
-    """``NAME=VALUE`` for a Culler trait, with VALUE read as that trait's type."""
-    name, sep, raw = text.partition("=")
-    name = name.strip()
-    traits = {
-        n: t for n, t in Culler.class_traits(config=True).items()
-        if n not in ("api_url", "api_token")
-    }
-    if not sep or not name:
-        raise OptionError(f"--culler-option {text!r}: expected NAME=VALUE")
-    trait = traits.get(name)
-    if trait is None:
-        raise OptionError(
-            f"--culler-option {name}: no such culler option; valid: {', '.join(sorted(traits))}"
-        )
-    try:
-        if isinstance(trait, Bool):
-            lowered = raw.strip().lower()
-            if lowered not in _TRUE + _FALSE:
-                raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
-            return name, lowered in _TRUE
-        return name, trait.from_string(raw.strip())
-    except (ValueError, TraitError) as e:
-        raise OptionError(f"--culler-option {name}={raw!r}: {e}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    traits = ResilienceService.class_traits()
-
-    def helptext(name: str) -> str:
-        return traits[name].help
-
-    parser.add_argument("--ip", default=None, help=helptext("ip"))
-    parser.add_argument("--port", type=int, default=None, help=helptext("port"))
-    parser.add_argument("--base-url", default=None, help=helptext("base_url"))
-    parser.add_argument(
-        "--stopped-status", type=int, choices=[424, 503, 404], default=None,
-        help=helptext("stopped_status"),
-    )
-    parser.add_argument(
-        "--named-servers", action=argparse.BooleanOptionalAction, default=None,
-        help=helptext("named_servers"),
-    )
-    parser.add_argument(
-        "--stopped-handler", action=argparse.BooleanOptionalAction, default=None,
-        help=helptext("stopped_handler"),
-    )
-    parser.add_argument(
-        "--cull", action=argparse.BooleanOptionalAction, default=None, help=helptext("cull")
-    )
-    parser.add_argument(
-        "--culler-option", action="append", default=[], metavar="NAME=VALUE",
-        help="A culler option (a hub_resilience.culler.Culler trait, see docs/culler.md), "
-        "e.g. timeout=3600; repeat for several.",
-    )
-    parser.add_argument(
-        "--watch-parent", action=argparse.BooleanOptionalAction, default=None,
-        help=helptext("watch_parent"),
-    )
-    parser.add_argument(
-        "--orphan-timeout", type=float, default=None, help=helptext("orphan_timeout")
-    )
-    parser.add_argument(
-        "--config", default=None,
-        help="A traitlets config file (c.ResilienceService.<option>, c.Culler.<option>); "
-        "flags override it.",
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="Log level.",
-    )
-
-
-#: ResilienceService traits set by the flag of the same name.
-_SERVICE_FLAGS = (
-    "ip", "port", "base_url", "stopped_status", "named_servers", "stopped_handler", "cull",
-    "watch_parent", "orphan_timeout",
-)
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """A traitlets Config from the config file (if any) overlaid with the flags."""
-    config = Config()
-    if args.config:
-        directory, filename = os.path.split(os.path.abspath(args.config))
-        config.merge(PyFileConfigLoader(filename, path=directory).load_config())
-    for trait in _SERVICE_FLAGS:
-        value = getattr(args, trait)
-        if value is not None:
-            config.ResilienceService[trait] = value
-    for text in args.culler_option:
-        name, value = parse_culler_option(text)
-        config.Culler[name] = value
-    return config
-
-
-def _install_signal_handlers(service: ResilienceService) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stop)
-
-
-async def _serve(service: ResilienceService) -> int:
-    _install_signal_handlers(service)
-    try:
-        service.listen()
-    except OSError as e:
-        service.log.error("Cannot listen on %s:%d: %s", service.ip, service.port, e)
-        return 1
-    await service.run()
-    return 0
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the service from parsed arguments; returns the exit status."""
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
-    )
-    try:
-        config = config_from_args(args)
-
-        async def main() -> int:
-            # Constructed inside the loop: its asyncio primitives belong to it.
-            return await _serve(ResilienceService(config=config))
-
-        return asyncio.run(main())
-    except (OptionError, TraitError, ValueError, OSError) as e:
-        print(f"hub-resilience service: {e}", file=sys.stderr)
-        return 2
-
-
-def register(subparsers: Any) -> None:
-    """Add the ``service`` subcommand to the ``hub-resilience`` command."""
-    parser = subparsers.add_parser(
-        "service",
-        help="Run the resilience service: stopped-server handler, culler, metrics, health.",
-        description="Run the hub-resilience service beside JupyterHub (as a managed service "
-        "that hub_resilience.configure() sets up): answers requests for stopped servers "
-        "under {base_url}user/ without the hub, culls idle servers, and serves /metrics and "
-        "/health on its port. The culler uses JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN.",
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run_from_args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hub_resilience.service``: the same as ``hub-resilience service``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hub_resilience.service",
-        description="Run the hub-resilience service (see `hub-resilience service --help`).",
-    )
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,6 +23,37 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hub_resilience.labels import LabelEnum
+
+
+class SpawnPhase(LabelEnum):
+    """Phases of one spawn, in order (the ``phase`` metric label)."""
+
+    HUB = "hub"  # in the hub: spawn requested -> pod create request sent
+    API_CREATE = "api_create"  # the Kubernetes API call that creates the pod, retries included
+    SCHEDULING = "scheduling"  # pod created -> scheduled (a node scale-up included)
+    IMAGE_PULL = "image_pull"  # Pulling -> Pulled, only when the image was pulled
+    CONTAINER_START = "container_start"  # image ready (or pod scheduled) -> containers ready
+    SERVER_READY = "server_ready"  # pod running -> the hub reached the server over HTTP
+
+
+class SpawnOutcome(LabelEnum):
+    """Outcomes of a spawn (the ``outcome`` label); the hub's own refusals are read from
+    JupyterHub's metrics."""
+
+    SUCCESS = "success"
+    THROTTLED = "throttled"  # the hub answered 429: concurrent_spawn_limit reached
+    OVER_ACTIVE_LIMIT = "over_active_limit"  # the hub refused: active_server_limit reached
+    K8S_THROTTLED = "k8s_throttled"  # the Kubernetes API kept answering 429
+    QOS_REFUSED = "qos_refused"  # the profile cannot be made Guaranteed
+    UNSCHEDULABLE = "unschedulable"
+    IMAGE_PULL_FAILURE = "image_pull_failure"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    K8S_API_ERROR = "k8s_api_error"
+    ERROR = "error"  # anything else
+
+
 #: Container waiting reasons that mean the image cannot be pulled.
 IMAGE_PULL_FAILURES = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -99,7 +130,7 @@ def pulled_seconds(message: str) -> float | None:
 class PodTimeline:
     """The phases of one pod's start that Kubernetes recorded."""
 
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[SpawnPhase, float] = field(default_factory=dict)
     scaled_up: bool = False
 
 
@@ -118,7 +149,7 @@ def pod_timeline(pod: dict, events: list[dict]) -> PodTimeline:
     timeline.scaled_up = any(e.get("reason") == "TriggeredScaleUp" for e in events)
 
     if created and scheduled:
-        timeline.phases["scheduling"] = max(0.0, (scheduled - created).total_seconds())
+        timeline.phases[SpawnPhase.SCHEDULING] = max(0.0, (scheduled - created).total_seconds())
 
     pulling = [e for e in events if e.get("reason") == "Pulling"]
     pulled = [
@@ -131,15 +162,16 @@ def pod_timeline(pod: dict, events: list[dict]) -> PodTimeline:
         image_ready = _event_last_time(pulled[-1])
         exact = [pulled_seconds(e.get("message") or "") for e in pulled]
         if all(seconds is not None for seconds in exact):
-            timeline.phases["image_pull"] = float(sum(exact))  # type: ignore[arg-type]
+            timeline.phases[SpawnPhase.IMAGE_PULL] = float(sum(exact))  # type: ignore[arg-type]
         elif pulling and image_ready:
             start = _event_time(pulling[0])
             if start:
-                timeline.phases["image_pull"] = max(0.0, (image_ready - start).total_seconds())
+                pull = (image_ready - start).total_seconds()
+                timeline.phases[SpawnPhase.IMAGE_PULL] = max(0.0, pull)
 
     start_from = image_ready or scheduled
     if ready and start_from:
-        timeline.phases["container_start"] = max(0.0, (ready - start_from).total_seconds())
+        timeline.phases[SpawnPhase.CONTAINER_START] = max(0.0, (ready - start_from).total_seconds())
     return timeline
 
 
@@ -150,7 +182,7 @@ def _container_statuses(pod: dict) -> list[dict]:
     )
 
 
-def failure_reason(pod: dict | None, events: list[dict]) -> str | None:
+def failure_reason(pod: dict | None, events: list[dict]) -> SpawnOutcome | None:
     """Why a pod did not start, as a spawn outcome, or None when Kubernetes shows no cause.
 
     Reads, in order: the ``PodScheduled`` condition (Unschedulable), container states
@@ -164,21 +196,21 @@ def failure_reason(pod: dict | None, events: list[dict]) -> str | None:
             and scheduled.get("status") == "False"
             and (scheduled.get("reason") == "Unschedulable")
         ):
-            return "unschedulable"
+            return SpawnOutcome.UNSCHEDULABLE
         for status in _container_statuses(pod):
             state = status.get("state") or {}
             waiting = (state.get("waiting") or {}).get("reason")
             terminated = (state.get("terminated") or {}).get("reason")
             last = ((status.get("lastState") or {}).get("terminated") or {}).get("reason")
             if waiting in IMAGE_PULL_FAILURES:
-                return "image_pull_failure"
+                return SpawnOutcome.IMAGE_PULL_FAILURE
             if waiting in CRASH_REASONS or terminated in CRASH_REASONS or last in CRASH_REASONS:
-                return "crash"
+                return SpawnOutcome.CRASH
             if (status.get("restartCount") or 0) > 0:
-                return "crash"
+                return SpawnOutcome.CRASH
     reasons = [e.get("reason") for e in events]
     if "FailedScheduling" in reasons and not _scheduled(pod):
-        return "unschedulable"
+        return SpawnOutcome.UNSCHEDULABLE
     if (
         any(
             e.get("reason") in {"Failed", "BackOff"} and "pull" in (e.get("message") or "").lower()
@@ -186,9 +218,9 @@ def failure_reason(pod: dict | None, events: list[dict]) -> str | None:
         )
         or "ErrImagePull" in reasons
     ):
-        return "image_pull_failure"
+        return SpawnOutcome.IMAGE_PULL_FAILURE
     if "BackOff" in reasons:
-        return "crash"
+        return SpawnOutcome.CRASH
     return None
 
 

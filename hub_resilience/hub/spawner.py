@@ -1,7 +1,7 @@
 """ResilientKubeSpawner: KubeSpawner with Guaranteed QoS and tuned activity reporting.
 
-A thin adapter: the policy lives in :mod:`hub_resilience.qos` and
-:mod:`hub_resilience.activity`; this class applies it at the two points where KubeSpawner
+A thin adapter: the policy lives in :mod:`hub_resilience.hub.qos` and
+:mod:`hub_resilience.hub.activity`; this class applies it at the two points where KubeSpawner
 has the finished pod:
 
 - :meth:`get_pod_manifest`, after profile_list / kubespawner_override / profile_options have
@@ -14,6 +14,7 @@ has the finished pod:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
@@ -21,21 +22,37 @@ from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
+from kubespawner.spawner import PodReflector
 from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import CaselessStrEnum, Float, Integer, TraitError, validate
 
-from hub_resilience import activity, metrics, qos, spawn_phases
 from hub_resilience.backoff import BackoffPolicy, parse_retry_after
-from hub_resilience.hub_metrics import ensure_event_loop_lag_monitor, register_hub_collectors
+from hub_resilience.configure import HubResilience
+from hub_resilience.hub import activity, qos, spawn_phases
+from hub_resilience.hub.metrics import (
+    K8S_API_REQUEST_SECONDS,
+    K8S_API_REQUESTS,
+    K8S_API_RETRIES,
+    NO_PROFILE,
+    OTHER_PROFILE,
+    SPAWN_PHASE_SECONDS,
+    SPAWN_SCALE_UPS,
+    SPAWNER_OUTCOMES,
+    K8sOperation,
+    K8sRetryReason,
+    SpawnOutcome,
+    SpawnPhase,
+    register_hub_collectors,
+)
 
 #: Kubernetes API answers worth retrying: throttling and transient server errors.
 RETRY_REASONS = {
-    429: "throttled",
-    500: "server_error",
-    502: "server_error",
-    503: "server_error",
-    504: "server_error",
+    429: K8sRetryReason.THROTTLED,
+    500: K8sRetryReason.SERVER_ERROR,
+    502: K8sRetryReason.SERVER_ERROR,
+    503: K8sRetryReason.SERVER_ERROR,
+    504: K8sRetryReason.SERVER_ERROR,
 }
 
 
@@ -52,8 +69,8 @@ class ResilientKubeSpawner(KubeSpawner):
     """KubeSpawner that only creates Guaranteed user pods and tunes activity reporting."""
 
     qos_mode = CaselessStrEnum(
-        list(qos.MODES),
-        default_value="guaranteed",
+        list(qos.QoSMode.values()),
+        default_value=qos.QoSMode.GUARANTEED.value,
         config=True,
         help="""
         Which resources must have requests equal to limits in every container of a user pod.
@@ -68,8 +85,8 @@ class ResilientKubeSpawner(KubeSpawner):
     )
 
     qos_policy = CaselessStrEnum(
-        list(qos.POLICIES),
-        default_value="raise-requests",
+        list(qos.QoSPolicy.values()),
+        default_value=qos.QoSPolicy.RAISE_REQUESTS.value,
         config=True,
         help="""
         What to do with a container whose request differs from its limit.
@@ -103,36 +120,7 @@ class ResilientKubeSpawner(KubeSpawner):
         """,
     )
 
-    expected_concurrent_servers = Integer(
-        100,
-        min=0,
-        config=True,
-        help="""
-        How many user servers the hub is expected to run at once. With
-        activity_requests_per_second it sets JUPYTERHUB_ACTIVITY_INTERVAL in every user pod
-        (see hub_resilience.activity); use the same values in hub_resilience.configure().
-        """,
-    )
-
-    activity_requests_per_second = Float(
-        10.0,
-        config=True,
-        help="""
-        Activity reports (single-user POSTs plus the hub's own proxy-poll writes) per second
-        the hub should absorb at expected_concurrent_servers. Lower it on a busy hub.
-        """,
-    )
-
-    activity_max_interval = Integer(
-        3600,
-        config=True,
-        help="""
-        Upper bound, in seconds, on the tuned activity intervals; keep it well below the
-        culler's inactivity timeout so idle servers are still noticed in time.
-        """,
-    )
-
-    k8s_retry_base = Float(
+    backoff_base = Float(
         0.5,
         config=True,
         help="""
@@ -141,13 +129,13 @@ class ResilientKubeSpawner(KubeSpawner):
         """,
     )
 
-    k8s_retry_cap = Float(
+    backoff_cap = Float(
         30.0,
         config=True,
         help="Longest backoff delay, in seconds, between retries of a Kubernetes API request.",
     )
 
-    k8s_retry_after_cap = Float(
+    retry_after_cap = Float(
         60.0,
         config=True,
         help="""
@@ -156,9 +144,8 @@ class ResilientKubeSpawner(KubeSpawner):
         """,
     )
 
-    k8s_max_attempts = Integer(
+    retry_max_attempts = Integer(
         20,
-        min=1,
         config=True,
         help="""
         Attempts at one Kubernetes API request (pod create or delete) before the spawn or
@@ -177,22 +164,27 @@ class ResilientKubeSpawner(KubeSpawner):
                 raise TraitError(str(e)) from None
         return value
 
-    @validate("activity_requests_per_second")
-    def _validate_budget(self, proposal: dict) -> float:
-        if not proposal["value"] > 0:
+    @validate("backoff_base", "backoff_cap", "retry_after_cap")
+    def _validate_positive_seconds(self, proposal: dict) -> float:
+        value = proposal["value"]
+        if not (math.isfinite(value) and value > 0):
             raise TraitError(
-                "ResilientKubeSpawner.activity_requests_per_second must be > 0, "
-                f"got {proposal['value']!r}"
+                f"ResilientKubeSpawner.{proposal['trait'].name} must be a finite number of "
+                f"seconds > 0, got {value!r}"
+            )
+        return value
+
+    @validate("retry_max_attempts")
+    def _validate_attempts(self, proposal: dict) -> int:
+        if proposal["value"] < 1:
+            raise TraitError(
+                f"ResilientKubeSpawner.retry_max_attempts must be >= 1, got {proposal['value']!r}"
             )
         return proposal["value"]
 
     def activity_settings(self) -> activity.ActivitySettings:
-        """The tuned activity settings for this hub's configured size and budget."""
-        return activity.tune_activity(
-            self.expected_concurrent_servers,
-            self.activity_requests_per_second,
-            max_interval=self.activity_max_interval,
-        )
+        """The tuned activity settings for this hub's size and budget (HubResilience)."""
+        return HubResilience(config=self.config).activity_settings()
 
     def get_env(self) -> dict:
         """KubeSpawner's environment plus the tuned single-user activity interval.
@@ -210,25 +202,24 @@ class ResilientKubeSpawner(KubeSpawner):
         self._timing: SpawnTiming | None = None
         self._validated_profile: str | None = None
         # Per operation, for the current start or stop: retries so far and when they began.
-        self._retry_attempts: dict[str, int] = {}
-        self._retry_started: dict[str, float] = {}
-        _start_hub_monitoring()
+        self._retry_attempts: dict[K8sOperation, int] = {}
+        self._retry_started: dict[K8sOperation, float] = {}
 
     @classmethod
     def _all_user_pods(cls) -> Iterable[dict]:
         """Pods of every pod reflector of this process (one per namespace in practice)."""
-        for key, reflector in list(cls.reflectors.items()):
-            if "pods" in str(key):
+        for reflector in list(cls.reflectors.values()):
+            if isinstance(reflector, PodReflector):
                 yield from list(reflector.pods.values())
 
     def backoff_policy(self) -> BackoffPolicy:
         """The retry schedule for Kubernetes API 429s and 5xx, from this spawner's traits."""
         return BackoffPolicy(
-            base=self.k8s_retry_base,
-            cap=max(self.k8s_retry_cap, self.k8s_retry_base),
-            max_attempts=self.k8s_max_attempts,
+            base=self.backoff_base,
+            cap=max(self.backoff_cap, self.backoff_base),
+            max_attempts=self.retry_max_attempts,
             deadline=max(float(self.k8s_api_request_retry_timeout), 1.0),
-            retry_after_cap=self.k8s_retry_after_cap,
+            retry_after_cap=self.retry_after_cap,
         )
 
     async def load_user_options(self) -> None:
@@ -242,8 +233,8 @@ class ResilientKubeSpawner(KubeSpawner):
     def profile_label(self) -> str:
         """The profile as a metric label: a configured slug, never a free-form value."""
         if not self.profile_name:
-            return metrics.NO_PROFILE
-        return self._validated_profile or metrics.OTHER_PROFILE
+            return NO_PROFILE
+        return self._validated_profile or OTHER_PROFILE
 
     @property
     def profile_name(self) -> str | None:
@@ -254,7 +245,7 @@ class ResilientKubeSpawner(KubeSpawner):
     def enforce_qos(self, pod: Any) -> Any:
         """Return ``pod`` made Guaranteed (or memory-only) by the configured policy.
 
-        Raises :class:`hub_resilience.qos.QoSError` with a message for the user and the
+        Raises :class:`hub_resilience.hub.qos.QoSError` with a message for the user and the
         operator when the pod cannot be, so the spawn fails before any API call.
         """
         profile = self.profile_name
@@ -280,42 +271,44 @@ class ResilientKubeSpawner(KubeSpawner):
         timing = self._timing
         if timing is not None and timing.first_create is None:
             timing.first_create = time.monotonic()
-            self._observe_phase("hub", timing.first_create - timing.requested)
+            self._observe_phase(SpawnPhase.HUB, timing.first_create - timing.requested)
         created = await self._k8s_request(
-            "create_pod", super()._make_create_pod_request(pod, request_timeout)
+            K8sOperation.CREATE_POD, super()._make_create_pod_request(pod, request_timeout)
         )
         if created and timing is not None and timing.first_create is not None:
-            self._observe_phase("api_create", time.monotonic() - timing.first_create)
+            self._observe_phase(SpawnPhase.API_CREATE, time.monotonic() - timing.first_create)
         return created
 
     async def _make_delete_pod_request(self, *args: Any, **kwargs: Any) -> bool:
         return await self._k8s_request(
-            "delete_pod", super()._make_delete_pod_request(*args, **kwargs)
+            K8sOperation.DELETE_POD, super()._make_delete_pod_request(*args, **kwargs)
         )
 
-    async def _k8s_request(self, operation: str, request: Awaitable[bool]) -> bool:
+    async def _k8s_request(self, operation: K8sOperation, request: Awaitable[bool]) -> bool:
         """Run one of KubeSpawner's request attempts, timing it and absorbing 429 and 5xx.
 
         KubeSpawner's attempts return True (done) or False (retry); an ApiException fails the
         spawn. A 429 or 5xx is turned into a wait (Retry-After when the API server sends it,
         full-jitter backoff otherwise) and False, so KubeSpawner's own loop tries again,
-        until k8s_max_attempts or its k8s_api_request_retry_timeout runs out.
+        until retry_max_attempts or its k8s_api_request_retry_timeout runs out.
         """
         started = time.monotonic()
         try:
             done = await request
         except ApiException as e:
-            metrics.K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
-            metrics.K8S_API_REQUESTS.labels(operation, str(e.status)).inc()
+            K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
+            K8S_API_REQUESTS.labels(operation, str(e.status)).inc()
             reason = RETRY_REASONS.get(e.status)
             if reason is None:
                 raise
             return await self._wait_before_retry(operation, reason, e)
-        metrics.K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
-        metrics.K8S_API_REQUESTS.labels(operation, "ok" if done else "retry").inc()
+        K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
+        K8S_API_REQUESTS.labels(operation, "ok" if done else "retry").inc()
         return done
 
-    async def _wait_before_retry(self, operation: str, reason: str, error: ApiException) -> bool:
+    async def _wait_before_retry(
+        self, operation: K8sOperation, reason: K8sRetryReason, error: ApiException
+    ) -> bool:
         policy = self.backoff_policy()
         attempts = self._retry_attempts.get(operation, 0) + 1
         self._retry_attempts[operation] = attempts
@@ -333,7 +326,7 @@ class ResilientKubeSpawner(KubeSpawner):
                 error.reason,
             )
             raise error
-        metrics.K8S_API_RETRIES.labels(operation, reason).inc()
+        K8S_API_RETRIES.labels(operation, reason).inc()
         self.log.warning(
             "Kubernetes API answered %s to %s for %s; retrying in %.1fs (attempt %d)",
             error.status,
@@ -345,20 +338,20 @@ class ResilientKubeSpawner(KubeSpawner):
         await asyncio.sleep(delay)
         return False
 
-    def _reset_retries(self, operation: str) -> None:
+    def _reset_retries(self, operation: K8sOperation) -> None:
         self._retry_attempts.pop(operation, None)
         self._retry_started.pop(operation, None)
 
     async def stop(self, now: bool = False) -> None:
         """KubeSpawner's stop, with a fresh retry budget for its pod delete."""
-        self._reset_retries("delete_pod")
+        self._reset_retries(K8sOperation.DELETE_POD)
         await super().stop(now=now)
 
-    def _observe_phase(self, phase: str, seconds: float) -> None:
-        metrics.SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
+    def _observe_phase(self, phase: SpawnPhase, seconds: float) -> None:
+        SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
 
-    def _record_outcome(self, outcome: str) -> None:
-        metrics.SPAWNER_OUTCOMES.labels(outcome, self.profile_label).inc()
+    def _record_outcome(self, outcome: SpawnOutcome) -> None:
+        SPAWNER_OUTCOMES.labels(outcome, self.profile_label).inc()
 
     def _current_pod(self) -> dict | None:
         reflector = self.pod_reflector
@@ -369,7 +362,7 @@ class ResilientKubeSpawner(KubeSpawner):
     async def _start(self) -> Any:
         """KubeSpawner's start, timed phase by phase, with failures classified."""
         self._timing = SpawnTiming(requested=time.monotonic())
-        self._reset_retries("create_pod")
+        self._reset_retries(K8sOperation.CREATE_POD)
         try:
             url = await super()._start()
         except Exception as e:  # a cancelled start is no outcome: it is not recorded
@@ -392,32 +385,35 @@ class ResilientKubeSpawner(KubeSpawner):
             for phase, seconds in timeline.phases.items():
                 self._observe_phase(phase, seconds)
             if timeline.scaled_up:
-                metrics.SPAWN_SCALE_UPS.labels(self.profile_label).inc()
+                SPAWN_SCALE_UPS.labels(self.profile_label).inc()
         return url
 
-    def _classify_failure(self, error: BaseException) -> tuple[str, str | None]:
+    def _classify_failure(self, error: BaseException) -> tuple[SpawnOutcome, str | None]:
         """The outcome of a failed start, and a clearer message for a timeout, if there is one."""
         if isinstance(error, qos.QoSError):
-            return "qos_refused", None
+            return SpawnOutcome.QOS_REFUSED, None
         if isinstance(error, ApiException):
-            return ("k8s_throttled" if error.status == 429 else "k8s_api_error"), None
+            outcome = (
+                SpawnOutcome.K8S_THROTTLED if error.status == 429 else SpawnOutcome.K8S_API_ERROR
+            )
+            return outcome, None
         events = list(self.events or [])
         reason = spawn_phases.failure_reason(self._current_pod(), events)
         if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
             if reason is None:
-                return "timeout", None
+                return SpawnOutcome.TIMEOUT, None
             details = [e.get("message") for e in events if e.get("message")]
             explanation = {
-                "unschedulable": "no node has room for it",
-                "image_pull_failure": "its image could not be pulled",
-                "crash": "its server keeps crashing",
+                SpawnOutcome.UNSCHEDULABLE: "no node has room for it",
+                SpawnOutcome.IMAGE_PULL_FAILURE: "its image could not be pulled",
+                SpawnOutcome.CRASH: "its server keeps crashing",
             }[reason]
             last = f" Kubernetes says: {details[-1]}" if details else ""
             return reason, (
                 f"Your server did not start within {self.start_timeout} seconds because "
                 f"{explanation}.{last}"
             )
-        return reason or "error", None
+        return reason or SpawnOutcome.ERROR, None
 
     @property
     def _waiting_for_response(self) -> bool:
@@ -435,26 +431,11 @@ class ResilientKubeSpawner(KubeSpawner):
         timing = self.__dict__.get("_timing")
         if was and not value and timing is not None and timing.running is not None:
             if self._stop_pending:  # the hub gave up waiting and is stopping the server
-                self._record_outcome("timeout")
+                self._record_outcome(SpawnOutcome.TIMEOUT)
             else:
-                self._observe_phase("server_ready", time.monotonic() - timing.running)
-                self._record_outcome("success")
+                self._observe_phase(SpawnPhase.SERVER_READY, time.monotonic() - timing.running)
+                self._record_outcome(SpawnOutcome.SUCCESS)
             timing.running = None
 
 
-def _start_hub_monitoring() -> None:
-    """Export the scrape-time collectors and sample the event loop's lag, once per process.
-
-    Called when this module is imported (so /hub/metrics carries the collectors before the
-    first spawn) and by each spawner. The lag monitor needs the hub's running loop, which an
-    import may precede; the spawn-outcome collector also starts it at the first scrape.
-    Both steps are idempotent.
-    """
-    register_hub_collectors(ResilientKubeSpawner._all_user_pods)
-    try:
-        ensure_event_loop_lag_monitor()
-    except RuntimeError:  # no running loop (imported by a tool or a test)
-        pass
-
-
-_start_hub_monitoring()
+register_hub_collectors(ResilientKubeSpawner._all_user_pods)
