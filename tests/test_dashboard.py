@@ -1,11 +1,17 @@
-"""The Grafana dashboard: valid dashboard JSON, valid PromQL, and only real metric names.
+"""The Grafana dashboard: valid dashboard JSON, valid PromQL, and only real metric names,
+each panel reading the process that exports them.
 
 Metric names are never listed here: they are collected from the live code, in a fresh Python
 process, by importing every module of ``hub_resilience`` and JupyterHub's ``jupyterhub.metrics``
-and reading prometheus-client's default registry (JupyterHub's metrics, the package's, and
-prometheus-client's own process and platform collectors), plus the ``describe()`` of every
-collector class the package defines (registered only inside the hub). tests/test_alerts.py
-checks the alert rules against the same names.
+and reading, per process, the registry it serves:
+
+- the hub (``/hub/metrics``): prometheus-client's default registry (JupyterHub's metrics,
+  ``hub_resilience.hub.metrics``, prometheus-client's process and platform collectors), plus
+  the ``describe()`` of every collector class the package defines outside
+  ``hub_resilience.service`` (registered only inside the hub);
+- the resilience service (its ``/metrics``): ``hub_resilience.service.metrics.REGISTRY``.
+
+tests/test_alerts.py checks the alert rules against the same names.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import jsonschema
 import pytest
 import yaml
 
-from hub_resilience import hub_metrics, metrics
+import jupyterhub.metrics
+
+from hub_resilience.hub import metrics as hub_metrics
+from hub_resilience.service import metrics as service_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "monitoring" / "grafana-dashboard.json"
@@ -34,10 +43,11 @@ _COLLECT_NAMES = r"""
 import importlib, inspect, json, pkgutil, sys
 import jupyterhub.metrics  # noqa: F401 - JupyterHub's metrics register at import
 import hub_resilience
+from hub_resilience.service import metrics as service_metrics
 from prometheus_client import REGISTRY
 from prometheus_client.registry import Collector
 
-families = list(REGISTRY.collect())
+families = {"hub": list(REGISTRY.collect()), "service": list(service_metrics.REGISTRY.collect())}
 for info in pkgutil.walk_packages(hub_resilience.__path__, "hub_resilience."):
     if info.name.endswith(".__main__"):
         continue
@@ -49,10 +59,16 @@ for info in pkgutil.walk_packages(hub_resilience.__path__, "hub_resilience."):
                 sys.exit(f"{module.__name__}.{obj.__name__} has no describe(): add one so the "
                          "names of the metrics it exports can be checked")
             # describe() reports what a collector exports without needing its data source.
-            families.extend(object.__new__(obj).describe())
-families.extend(REGISTRY.collect())  # modules imported above registered more
-print(json.dumps(sorted({(f.name, f.type) for f in families}
-                        | {(s.name, "sample") for f in families for s in f.samples})))
+            process = "service" if info.name.startswith("hub_resilience.service.") else "hub"
+            families[process].extend(object.__new__(obj).describe())
+# Modules imported above registered more.
+families["hub"].extend(REGISTRY.collect())
+families["service"].extend(service_metrics.REGISTRY.collect())
+print(json.dumps({
+    process: sorted({(f.name, f.type) for f in found}
+                    | {(s.name, "sample") for f in found for s in f.samples})
+    for process, found in families.items()
+}))
 """
 
 #: Series names a family of each type exposes (prometheus-client's exposition; ``_created``
@@ -67,8 +83,10 @@ _SERIES_SUFFIXES = {
 
 
 @functools.cache
-def exported_metric_names() -> frozenset[str]:
-    """Every series name the package, JupyterHub and prometheus-client export."""
+def exported_metric_names_by_process() -> dict[str, frozenset[str]]:
+    """Every series name each process exports: ``"hub"`` on /hub/metrics (JupyterHub's, the
+    package's hub families, prometheus-client's), ``"service"`` on the resilience service's
+    /metrics (its own families and prometheus-client's process collectors)."""
     env = {k: v for k, v in os.environ.items() if k != "JUPYTERHUB_METRICS_PREFIX"}
     result = subprocess.run(
         [sys.executable, "-c", _COLLECT_NAMES],
@@ -79,13 +97,22 @@ def exported_metric_names() -> frozenset[str]:
         timeout=120,
     )
     assert result.returncode == 0, f"collecting metric names failed:\n{result.stderr}"
-    names = set()
-    for name, kind in json.loads(result.stdout):
-        if kind == "sample":
-            names.add(name)
-        else:
-            names.update(name + suffix for suffix in _SERIES_SUFFIXES.get(kind, ("",)))
-    return frozenset(names)
+    by_process = {}
+    for process, found in json.loads(result.stdout).items():
+        names = set()
+        for name, kind in found:
+            if kind == "sample":
+                names.add(name)
+            else:
+                names.update(name + suffix for suffix in _SERIES_SUFFIXES.get(kind, ("",)))
+        by_process[process] = frozenset(names)
+    return by_process
+
+
+def exported_metric_names() -> frozenset[str]:
+    """Every series name the package, JupyterHub and prometheus-client export, in either
+    process."""
+    return frozenset().union(*exported_metric_names_by_process().values())
 
 
 def family_series(metric: object) -> set[str]:

@@ -1,5 +1,6 @@
 """The zero-to-jupyterhub values in helm-values/: valid for the chart (its own schema, after
-helm's merge into its defaults), consistent with each other, and accepted by configure()."""
+helm's merge into its defaults), consistent with each other, and wired as they say by
+z2jh 4.4.0's own hub configuration (tests/z2jh_hub.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes.utils.quantity import parse_quantity
-from traitlets.config import Config
 
-from hub_resilience.configure import configure_from_environment, options_from_environ
+from hub_resilience.configure import HubResilience
 from tests.z2jh import InvalidValuesError, merge_values, validate_values_overlay
+from tests.z2jh_hub import load_config, released_values
 
 ROOT = Path(__file__).resolve().parents[1]
 VALUES_DIR = ROOT / "helm-values"
@@ -59,7 +60,7 @@ def test_drop_in_is_the_repository_file_in_the_config_directory() -> None:
 
 def test_service_port_is_the_same_everywhere() -> None:
     values = installed()
-    port = int(values["hub"]["extraEnv"]["HUB_RESILIENCE_SERVICE_PORT"])
+    port = values["hub"]["config"]["HubResilience"]["service_port"]
     [service_port] = values["hub"]["service"]["extraPorts"]
     assert (service_port["port"], service_port["targetPort"]) == (port, port)
     [ingress] = values["hub"]["networkPolicy"]["ingress"]
@@ -87,7 +88,7 @@ def test_stock_culler_off_guarantees_equal_limits_placeholders_and_prepuller() -
 def test_spawn_limits_and_activity_sizing_agree() -> None:
     for values in (load(BASE), installed()):
         hub = values["hub"]
-        expected = int(hub["extraEnv"]["HUB_RESILIENCE_EXPECTED_SERVERS"])
+        expected = hub["config"]["HubResilience"]["expected_concurrent_servers"]
         assert 0 < hub["concurrentSpawnLimit"] < hub["activeServerLimit"]
         assert expected <= hub["activeServerLimit"]
     assert installed()["scheduling"]["userPlaceholder"]["replicas"] > (
@@ -95,40 +96,21 @@ def test_spawn_limits_and_activity_sizing_agree() -> None:
     )
 
 
-def z2jh_config(values: dict[str, Any]) -> Config:
-    """What zero-to-jupyterhub's jupyterhub_config.py sets before running the drop-in, for
-    the settings configure() reads (the chart's Service is called ``hub``)."""
-    c = Config()
-    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
-    c.ConfigurableHTTPProxy.api_url = "http://proxy-api:8001"
-    c.ConfigurableHTTPProxy.should_start = False
-    c.JupyterHub.hub_bind_url = "http://:8081"
-    c.JupyterHub.hub_connect_url = "http://hub:8081"
-    c.JupyterHub.port = 80
-    c.JupyterHub.base_url = values["hub"].get("baseUrl", "/")
-    c.JupyterHub.concurrent_spawn_limit = values["hub"]["concurrentSpawnLimit"]
-    c.JupyterHub.active_server_limit = values["hub"]["activeServerLimit"]
-    c.JupyterHub.services = []
-    c.JupyterHub.load_roles = []
-    if values["cull"]["enabled"]:
-        c.JupyterHub.services.append({
-            "name": "jupyterhub-idle-culler",
-            "command": ["python3", "-m", "jupyterhub_idle_culler"],
-        })
-    return c
-
-
 @pytest.mark.parametrize("which", ["base", "base+event"])
-def test_configure_accepts_the_environment_the_values_set(which: str) -> None:
+def test_z2jh_wires_what_the_values_say(which: str, tmp_path: Path) -> None:
     values = load(BASE) if which == "base" else installed()
-    env = values["hub"]["extraEnv"]
-    options, unknown = options_from_environ(env)
-    assert unknown == []
-    c = z2jh_config(values)
-    wiring = configure_from_environment(c, env)
-    assert wiring is not None
-    assert wiring.route_target == f"http://hub:{options['service_port']}"
-    assert wiring.service_ip == "0.0.0.0"
-    assert wiring.options.expected_servers == int(env["HUB_RESILIENCE_EXPECTED_SERVERS"])
+    ours = values["hub"]["config"]
+    c = load_config(tmp_path, released_values(values))
     assert c.JupyterHub.spawner_class == "resilient-kubespawner"
-    assert [s["name"] for s in c.JupyterHub.services] == ["hub-resilience"]
+    [service] = c.JupyterHub.services
+    assert service["name"] == "hub-resilience"
+    port = ours["HubResilience"]["service_port"]
+    assert f"--ResilienceService.port={port}" in service["command"]
+    assert f"--Culler.timeout={ours['Culler']['timeout']}" in service["command"]
+    assert c.Proxy.extra_routes.get_value({}) == {"/user/": f"http://hub:{port}"}
+    settings = HubResilience(config=c)
+    assert settings.expected_concurrent_servers == (
+        ours["HubResilience"]["expected_concurrent_servers"]
+    )
+    assert c.JupyterHub.last_activity_interval == settings.activity_settings().hub_interval
+    assert c.ResilientKubeSpawner.qos_default_cpu == ours["ResilientKubeSpawner"]["qos_default_cpu"]

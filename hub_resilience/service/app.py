@@ -189,6 +189,8 @@ class ResilienceService(LoggingConfigurable):
                 }
             culler = {
                 "running": not self._culler_paused,
+                "timeout": self.culler.timeout,
+                "period": self.culler.period,
                 "cycles": self.culler.cycles_run,
                 "last_cycle": last,
             }

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,13 @@ from hub_resilience.tools.localhub import BASE_CONFIG, LocalHub, local_hub, unus
 
 __all__ = [
     "BASE_CONFIG",
+    "HUB_FAMILY_PREFIXES",
+    "SERVICE_FAMILY_PREFIXES",
     "SERVICE_NAME",
     "RunningHub",
     "create_users",
     "gather_limited",
+    "promtool_check_metrics",
     "running_hub",
     "start_servers",
     "unused_port",
@@ -48,6 +51,16 @@ __all__ = [
 ]
 
 SERVICE_NAME = "hub-resilience-tests"
+
+#: Family name prefixes only the resilience service exports (hub_resilience.service.metrics).
+SERVICE_FAMILY_PREFIXES = (
+    "hub_resilience_hub_api_", "hub_resilience_culler_", "hub_resilience_stopped_server_",
+    "hub_resilience_service_",
+)
+#: Family name prefixes only the hub exports (hub_resilience.hub.metrics, JupyterHub's own).
+HUB_FAMILY_PREFIXES = (
+    "hub_resilience_spawn", "hub_resilience_k8s_", "hub_resilience_user_pods", "jupyterhub_",
+)
 
 
 class RunningHub(LocalHub):
@@ -63,16 +76,19 @@ async def running_hub(
     *,
     directory: Path | None = None,
     start_timeout: float = 90.0,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningHub]:
     """Run a JupyterHub with ``config`` (Python source) appended to the base config.
 
     ``directory`` keeps the config, database and logs (a fresh temporary directory, removed
-    afterwards, when None). Everything is stopped on exit, even when the body raised.
+    afterwards, when None); ``env`` is added to the hub's environment. Everything is stopped
+    on exit, even when the body raised.
     """
     async with local_hub(
         config,
         directory=directory,
         start_timeout=start_timeout,
+        env=env,
         service_name=SERVICE_NAME,
         hub_class=RunningHub,
     ) as hub:
@@ -138,3 +154,19 @@ async def start_servers(
             await client.start_server(name, server_name, user_options=options)
 
     await gather_limited((one(tuple(s)) for s in servers), limit)
+
+
+async def promtool_check_metrics(text: str) -> str:
+    """``promtool check metrics`` on an exposition; returns what it printed (empty when the
+    exposition is valid and lint-clean), after asserting it exited 0."""
+    promtool = await asyncio.create_subprocess_exec(
+        "promtool", "check", "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await promtool.communicate(text.encode())
+    # promtool exits non-zero on an invalid exposition and prints lint problems (e.g. a
+    # counter without _total, a missing help string).
+    assert promtool.returncode == 0, output.decode()
+    return output.decode().strip()
