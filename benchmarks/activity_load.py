@@ -4,7 +4,8 @@ intervals :func:`hub_resilience.configure` tunes.
 Every single-user server POSTs its activity to the hub every ``JUPYTERHUB_ACTIVITY_INTERVAL``
 seconds, and the hub polls the proxy's routes every ``JupyterHub.last_activity_interval``
 seconds. The defaults (300 s, 300 s, ``activity_resolution`` 30 s) are what z2jh runs; the
-tuned ones are what ``configure(c, expected_concurrent_servers=1000, activity_requests_per_second=BUDGET)`` sets.
+tuned ones are what ``configure(c, expected_concurrent_servers=1000,
+activity_requests_per_second=BUDGET)`` sets.
 
 1,000 simulated servers (SimulatedSpawner, really running as far as the hub and the proxy
 know) report activity through a client loop that posts to ``/hub/api/users/:name/activity``

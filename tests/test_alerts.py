@@ -1,6 +1,7 @@
 """The Prometheus alerting rules: promtool checks them, its unit tests pass, every alert is
-tested both firing and quiet, names only metrics the code exports, and has a section in the
-troubleshooting page its ``runbook`` annotation points to."""
+tested both firing and quiet, names only metrics the code exports, each rule about one
+process (the hub or the resilience service), and has a section in the troubleshooting page
+its ``runbook`` annotation points to."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_dashboard import exported_metric_names, promql_metric_names, run_promtool
+from tests.test_dashboard import (
+    exported_metric_names,
+    exported_metric_names_by_process,
+    promql_metric_names,
+    run_promtool,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "monitoring"
@@ -67,6 +73,21 @@ def test_rules_name_only_metrics_the_code_exports() -> None:
         if missing:
             unknown[rule.get("alert") or rule.get("record")] = sorted(missing)
     assert not unknown, f"rules name metrics nothing exports: {unknown}"
+
+
+def test_each_rule_is_about_one_process() -> None:
+    """Every metric a rule names comes from one process, and one of them from that process
+    alone: a rule on process_* only would mix the hub and the service, and one that joined
+    the two processes' families on (job, instance) would never match."""
+    by_process = exported_metric_names_by_process()
+    recorded = {rule["record"] for rule in _rules() if "record" in rule}
+    mixed = {}
+    for rule in _rules():
+        names = promql_metric_names(rule["expr"]) - recorded
+        owners = sorted(process for process, exported in by_process.items() if names <= exported)
+        if len(owners) != 1:
+            mixed[rule.get("alert") or rule.get("record")] = owners
+    assert not mixed, f"rules not about exactly one process (processes exporting all): {mixed}"
 
 
 def test_every_alert_has_severity_summary_and_a_troubleshooting_section() -> None:

@@ -233,7 +233,7 @@ async def test_deletes_idle_users_but_never_admins_or_users_with_a_server_stoppi
 CULLER_ROLE = """
 c.JupyterHub.services.append({{
     "name": "idle-culler",
-    "command": [{python!r}, "-m", "hub_resilience.service.culler", "--timeout=1", "--cull-every=1",
+    "command": [{python!r}, "-m", "hub_resilience", "cull", "--timeout=1", "--cull-every=1",
                 "--concurrency=2", "--api-page-size=3"],
 }})
 c.JupyterHub.load_roles.append({{
@@ -279,11 +279,19 @@ def test_command_line_help_and_bad_settings() -> None:
     for flag in ("--timeout", "--cull-every", "--max-age", "--concurrency", "--cull-users",
                  "--cull-admin-users", "--remove-named-servers", "--api-page-size"):
         assert flag in shown.stdout
-    module = subprocess.run(
-        [sys.executable, "-m", "hub_resilience.service.culler", "--help"],
+    every = subprocess.run(
+        [sys.executable, "-m", "hub_resilience", "cull", "--help-all"],
         capture_output=True, text=True, env=env,
     )
-    assert module.returncode == 0 and "--cull-every" in module.stdout
+    assert every.returncode == 0
+    for trait in Culler.class_trait_names(config=True):
+        assert f"--Culler.{trait}=" in every.stdout, trait
+    typo = subprocess.run(
+        ["hub-resilience", "cull", "--once", "--Culler.timeout=x"],
+        capture_output=True, text=True, env=env,
+    )
+    assert typo.returncode == 2
+    assert "The 'timeout' trait of a Culler instance expected a float" in typo.stderr
 
     no_env = subprocess.run(
         ["hub-resilience", "cull", "--once"], capture_output=True, text=True, env=env

@@ -26,10 +26,9 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import jupyterhub.metrics
 import pytest
 import yaml
-
-import jupyterhub.metrics
 
 from hub_resilience.hub import metrics as hub_metrics
 from hub_resilience.service import metrics as service_metrics
@@ -282,13 +281,29 @@ def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
 
 
-def _queries(dashboard: dict) -> list[tuple[str, str]]:
-    """(where, expr) for every panel query and every query variable."""
-    found = [
+#: The dashboard's variables that select one process's targets, and that process.
+PROCESS_VARIABLES = {"hub_job": "hub", "hub_instance": "hub", "service_job": "service"}
+#: Per process, the variable that tells its target from the other process's when both
+#: targets are in one job (a ServiceMonitor on both ports of the hub Service).
+INSTANCE_VARIABLES = {"hub": "hub_instance"}
+
+
+def _variables_used(expr: str) -> set[str]:
+    return set(re.findall(r"\$\{?(\w+)", expr))
+
+
+def _panel_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(where, expr) for every panel query."""
+    return [
         (f"panel {panel['id']} {panel['title']!r} {target['refId']}", target["expr"])
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
     ]
+
+
+def _variable_queries(dashboard: dict) -> dict[str, str]:
+    """The PromQL of every query variable, by the variable's name."""
+    found = {}
     for variable in dashboard["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -296,8 +311,15 @@ def _queries(dashboard: dict) -> list[tuple[str, str]]:
         query = query["query"] if isinstance(query, dict) else query
         # Grafana's label_values(<series selector>, <label>): only the selector is PromQL.
         match = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query)
-        found.append((f"variable {variable['name']}", match.group(1) if match else query))
+        found[variable["name"]] = match.group(1) if match else query
     return found
+
+
+def _queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(where, expr) for every panel query and every query variable."""
+    return _panel_queries(dashboard) + [
+        (f"variable {name}", expr) for name, expr in _variable_queries(dashboard).items()
+    ]
 
 
 def test_dashboard_is_valid_grafana_dashboard_json(dashboard: dict) -> None:
@@ -328,22 +350,73 @@ def test_dashboard_is_valid_grafana_dashboard_json(dashboard: dict) -> None:
             assert used in variables or used.startswith("__"), f"{where} uses undefined ${used}"
 
 
-def test_every_query_names_a_metric_the_code_exports(dashboard: dict) -> None:
-    exported = exported_metric_names()
-    # The collection itself must have found both sides, or the check below means nothing.
-    assert family_series(metrics.EVENT_LOOP_LAG_SECONDS) <= exported
-    assert family_series(hub_metrics.SpawnOutcomeCollector) <= exported
-    assert "process_cpu_seconds_total" in exported
-    assert "jupyterhub_request_duration_seconds_count" in exported
+def _standard_series() -> set[str]:
+    """Series of prometheus-client's own process, platform and GC collectors."""
+    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
-    unknown = {}
-    for where, expr in _queries(dashboard):
+    families = [f for c in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+                for f in c.collect()]
+    return {
+        f.name + suffix for f in families for suffix in _SERIES_SUFFIXES.get(f.type, ("",))
+    } | {sample.name for f in families for sample in f.samples}
+
+
+def test_each_process_exports_only_its_own_families() -> None:
+    """The dashboard and the alert rules tell the hub from the service by the families only
+    one of them exports: only prometheus-client's own (process_*, ...) come from both."""
+    by_process = exported_metric_names_by_process()
+    hub, service = by_process["hub"], by_process["service"]
+    # The collection itself must have found both sides, or the checks below mean nothing.
+    assert family_series(hub_metrics.SPAWN_PHASE_SECONDS) <= hub
+    assert family_series(hub_metrics.SpawnOutcomeCollector) <= hub
+    assert family_series(hub_metrics.UserPodQoSCollector) <= hub
+    assert family_series(jupyterhub.metrics.EVENT_LOOP_INTERVAL_SECONDS) <= hub
+    assert "jupyterhub_request_duration_seconds_count" in hub
+    assert family_series(service_metrics.CULLER_CYCLES) <= service
+    assert family_series(service_metrics.STOPPED_SERVER_RESPONSES) <= service
+    assert family_series(service_metrics.SERVICE_CULLER_ENABLED) <= service
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= hub & service
+
+    both = hub & service - _standard_series()
+    assert not both, f"exported by the hub and the service alike: {sorted(both)}"
+
+
+def test_every_query_names_a_metric_the_code_exports(dashboard: dict) -> None:
+    """Each panel reads one process (the hub's or the service's variables select it) and
+    names only metrics that process exports; a metric both export is read from the
+    process's instances, as both targets may be in one job."""
+    by_process = exported_metric_names_by_process()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(PROCESS_VARIABLES) <= set(variables), "the dashboard lacks a process variable"
+
+    problems = {}
+    for where, expr in _panel_queries(dashboard):
         names = promql_metric_names(expr)
         assert names, f"{where}: no metric name found in {expr!r}"
-        missing = names - exported
-        if missing:
-            unknown[where] = sorted(missing)
-    assert not unknown, f"queries name metrics nothing exports: {unknown}"
+        processes = {PROCESS_VARIABLES[v] for v in _variables_used(expr) & set(PROCESS_VARIABLES)}
+        if len(processes) != 1:
+            problems[where] = f"selects the targets of {sorted(processes) or 'no process'}"
+            continue
+        (process,) = processes
+        (other,) = set(by_process) - {process}
+        if missing := names - by_process[process]:
+            problems[where] = f"the {process} exports no {sorted(missing)}"
+        elif (shared := names & by_process[other]) and (
+            INSTANCE_VARIABLES.get(process) not in _variables_used(expr)
+        ):
+            problems[where] = f"{sorted(shared)} read without the {process}'s instances"
+    for name, process in PROCESS_VARIABLES.items():
+        expr = _variable_queries(dashboard)[name]
+        names = promql_metric_names(expr)
+        assert names, f"variable {name}: no metric name found in {expr!r}"
+        (other,) = set(by_process) - {process}
+        if wrong := names - (by_process[process] - by_process[other]):
+            problems[f"variable {name}"] = f"{sorted(wrong)}: not the {process}'s alone"
+    assert not problems, f"queries that do not read the process they are about: {problems}"
+
+    for name in INSTANCE_VARIABLES.values():
+        # "All" must mean the listed instances of the process, not every target.
+        assert variables[name].get("allValue") in (None, ""), f"${name} has an allValue"
 
 
 def test_every_query_is_valid_promql(dashboard: dict, tmp_path: Path) -> None:
@@ -359,17 +432,18 @@ def test_every_query_is_valid_promql(dashboard: dict, tmp_path: Path) -> None:
 
 
 def test_dashboard_shows_what_the_issue_asks_for(dashboard: dict) -> None:
-    """Spawn phases, outcomes with throttled apart from failed, hub event-loop lag and CPU,
-    stopped-server handler traffic, culler cycles, user pods by QoS class."""
-    exprs = [expr for _, expr in _queries(dashboard)]
+    """Spawn phases, outcomes with throttled apart from failed, hub event-loop lag (JupyterHub's
+    loop interval) and CPU, stopped-server handler traffic, culler cycles, user pods by QoS
+    class: each in a panel (a variable's query shows nothing)."""
+    exprs = [expr for _, expr in _panel_queries(dashboard)]
     used = set().union(*(promql_metric_names(expr) for expr in exprs))
     wanted = {
-        "spawn phases": family_series(metrics.SPAWN_PHASE_SECONDS),
+        "spawn phases": family_series(hub_metrics.SPAWN_PHASE_SECONDS),
         "spawn outcomes": family_series(hub_metrics.SpawnOutcomeCollector),
-        "event-loop lag": family_series(metrics.EVENT_LOOP_LAG_SECONDS),
+        "event-loop lag": family_series(jupyterhub.metrics.EVENT_LOOP_INTERVAL_SECONDS),
         "hub CPU": {"process_cpu_seconds_total"},
-        "stopped-server handler": family_series(metrics.STOPPED_SERVER_RESPONSES),
-        "culler cycles": family_series(metrics.CULLER_CYCLES),
+        "stopped-server handler": family_series(service_metrics.STOPPED_SERVER_RESPONSES),
+        "culler cycles": family_series(service_metrics.CULLER_CYCLES),
         "user pods by QoS": family_series(hub_metrics.UserPodQoSCollector),
     }
     for what, series in wanted.items():

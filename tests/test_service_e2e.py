@@ -39,10 +39,13 @@ pytestmark = pytest.mark.hub
 
 DROPIN = Path(__file__).resolve().parents[1] / "jupyterhub_config.d" / "hub_resilience.py"
 
-#: Hub config before the drop-in (as z2jh's own config runs before jupyterhub_config.d),
-#: the drop-in, then the test's overrides.
+#: Hub config before the drop-in (as z2jh's own config and hub.config run before
+#: jupyterhub_config.d), the drop-in, then the test's overrides.
 HUB_CONFIG = """
 c.JupyterHub.allow_named_servers = True
+c.HubResilience.spawner_class = None  # keep the base config's SimulatedSpawner
+c.HubResilience.service_port = {port}
+{before}
 exec(compile(open({dropin!r}).read(), {dropin!r}, "exec"))
 {after}
 """
@@ -55,17 +58,14 @@ BROWSER = {
 }
 
 
-def hub_config(after: str = "") -> str:
-    return HUB_CONFIG.format(dropin=str(DROPIN), after=after)
+def hub_config(port: int, *, before: str = "", after: str = "") -> str:
+    return HUB_CONFIG.format(port=port, dropin=str(DROPIN), before=before, after=after)
 
 
 @pytest.fixture
-def service_port(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Environment for the drop-in, as hub.extraEnv sets it in the hub pod."""
-    port = unused_port()
-    monkeypatch.setenv("HUB_RESILIENCE_SPAWNER_CLASS", "hub_resilience.tools.simulated_spawner.SimulatedSpawner")
-    monkeypatch.setenv("HUB_RESILIENCE_SERVICE_PORT", str(port))
-    return port
+def service_port() -> int:
+    """The service's port (a free one; z2jh: hub.config.HubResilience.service_port)."""
+    return unused_port()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ async def set_up_users(hub: RunningHub, client: HubClient) -> None:
 
 async def test_storm_for_stopped_servers_never_reaches_the_hub(service_port: int) -> None:
     # A short last_activity_interval makes the hub's periodic route check frequent.
-    config = hub_config("c.JupyterHub.last_activity_interval = 1")
+    config = hub_config(service_port, after="c.JupyterHub.last_activity_interval = 1")
     async with running_hub(config) as hub, hub.client() as client:
         await set_up_users(hub, client)
         await wait_for_service(hub, service_port)
@@ -376,14 +376,13 @@ async def _orphaned(port: int) -> dict | None:
 
 
 async def test_culler_in_the_service_works_with_its_least_scopes(
-    service_port: int, monkeypatch: pytest.MonkeyPatch
+    service_port: int,
 ) -> None:
     # max_age culls servers however active they are: no need to wait for idleness. The
     # service's token has only the role configure() gives it (no admin).
-    monkeypatch.setenv("HUB_RESILIENCE_CULL_MAX_AGE", "3")
-    monkeypatch.setenv("HUB_RESILIENCE_CULL_EVERY", "1")
-    monkeypatch.setenv("HUB_RESILIENCE_CULL_USERS", "true")
-    async with running_hub(hub_config()) as hub, hub.client() as client:
+    culler = "c.Culler.max_age = 3\nc.Culler.cull_every = 1\nc.Culler.cull_users = True"
+    config = hub_config(service_port, before=culler)
+    async with running_hub(config) as hub, hub.client() as client:
         await create_users(client, ["old1", "old2"])
         await start(client, "old1")
         await start(client, "old1", "lab")
@@ -420,22 +419,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_service_help() -> None:
-    result = run_cli("--help")
+    result = run_cli("--help-all")
     assert result.returncode == 0
-    for flag in ("--port", "--base-url", "--stopped-status", "--culler-option", "--no-cull",
-                 "--watch-parent"):
-        assert flag in result.stdout
+    for flag in ("--port", "--base-url", "--stopped-status", "--no-cull", "--watch-parent",
+                 "--ResilienceService.orphan_timeout", "--Culler.timeout"):
+        assert flag in result.stdout, flag
 
 
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--culler-option", "timout=60"], {}, "--culler-option timout: no such culler option"),
-        (["--culler-option", "timeout=soon"], {}, "--culler-option timeout='soon'"),
-        (["--culler-option", "cull_users=maybe"], {}, "--culler-option cull_users='maybe'"),
-        (["--port", "0"], {}, "ResilienceService.port must be a port number"),
+        (["--Culler.timout=60"], {}, "unknown setting(s) Culler.timout; valid: api_page_size"),
+        (["--Culler.timeout=soon"], {}, "'timeout' trait of a Culler instance expected a float"),
+        (["--Culler.cull_users=maybe"], {}, "'cull_users' trait of a Culler instance"),
+        (["--port=0"], {}, "ResilienceService.port must be a port number"),
         ([], {}, "JUPYTERHUB_API_URL"),  # the culler needs the hub's URL and a token
-        (["--culler-option", "concurrency=0"], {
+        (["--Culler.concurrency=0"], {
             "JUPYTERHUB_API_URL": "http://127.0.0.1:1/hub/api", "JUPYTERHUB_API_TOKEN": "x",
         }, "Culler.concurrency must be >= 1"),
     ],
@@ -444,5 +443,5 @@ def test_service_refuses_bad_input_by_name(
     args: list[str], env: dict[str, str], message: str
 ) -> None:
     result = run_cli(*args, env=env)
-    assert result.returncode == 2
+    assert result.returncode == 2, result
     assert message in result.stderr

@@ -2,9 +2,9 @@
 
 Everything is real except the single-user servers, which are
 :class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner`'s (dozens of notebook
-servers cannot run here). The hub's ``spawn_throttle_retry_range`` is shortened (through ``tornado_settings``:
-JupyterHub does not accept it as a config option) so that the 429s the hub sends ask for a
-second or two of patience instead of a minute.
+servers cannot run here). The hub's ``spawn_throttle_retry_range`` is shortened (through
+``tornado_settings``: JupyterHub does not accept it as a config option) so that the 429s
+the hub sends ask for a second or two of patience instead of a minute.
 """
 from __future__ import annotations
 

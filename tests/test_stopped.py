@@ -13,16 +13,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
-from hub_resilience.service import ResilienceService
+from hub_resilience.service.app import ResilienceService
 from hub_resilience.service.metrics import REGISTRY
+from hub_resilience.service.metrics import StoppedKind as Kind
 from hub_resilience.service.stopped import (
-    API,
-    INVALID,
-    JSON,
-    PAGE,
-    RESOURCE,
-    WEBSOCKET,
-    XHR,
     ServerPath,
     StoppedSettings,
     classify,
@@ -95,25 +89,25 @@ ALICE_API = ServerPath("alice", "", ["api", "kernels"])
 @pytest.mark.parametrize(
     ("method", "headers", "server_path", "kind"),
     [
-        ("GET", {"Upgrade": "websocket", "Connection": "Upgrade"}, ALICE_API, WEBSOCKET),
-        ("GET", {"Upgrade": "WebSocket"}, ALICE, WEBSOCKET),
-        ("POST", {}, ALICE, API),
-        ("PUT", BROWSER, ALICE, API),  # every non-GET is an API call, as for the hub
-        ("DELETE", {}, ALICE_API, API),
-        ("GET", {"X-Requested-With": "XMLHttpRequest"}, ALICE, XHR),
-        ("GET", BROWSER, ALICE_API, API),  # an "api" segment, whatever the Accept
-        ("GET", {"Accept": "application/json"}, ALICE, JSON),
-        ("GET", {"Accept": "text/html;q=0.5, application/json"}, ALICE, JSON),
-        ("GET", {"Accept": "application/json;q=0.2, text/html"}, ALICE, PAGE),
-        ("GET", {"Accept": "text/html, application/json"}, ALICE, PAGE),
-        ("GET", BROWSER, ALICE, PAGE),
-        ("HEAD", BROWSER, ALICE, PAGE),
-        ("GET", {}, ALICE, PAGE),  # curl: no Accept preference, no fetch metadata
-        ("GET", {"Accept": "*/*"}, ALICE, PAGE),
-        ("GET", {"Sec-Fetch-Dest": "script", "Sec-Fetch-Mode": "no-cors"}, ALICE, RESOURCE),
-        ("GET", {"Sec-Fetch-Dest": "image", "Accept": "image/avif,*/*"}, ALICE, RESOURCE),
-        ("GET", {"Sec-Fetch-Dest": "iframe", "Sec-Fetch-Mode": "navigate"}, ALICE, PAGE),
-        ("GET", BROWSER, None, INVALID),
+        ("GET", {"Upgrade": "websocket", "Connection": "Upgrade"}, ALICE_API, Kind.WEBSOCKET),
+        ("GET", {"Upgrade": "WebSocket"}, ALICE, Kind.WEBSOCKET),
+        ("POST", {}, ALICE, Kind.API),
+        ("PUT", BROWSER, ALICE, Kind.API),  # every non-GET is an Kind.API call, as for the hub
+        ("DELETE", {}, ALICE_API, Kind.API),
+        ("GET", {"X-Requested-With": "XMLHttpRequest"}, ALICE, Kind.XHR),
+        ("GET", BROWSER, ALICE_API, Kind.API),  # an "api" segment, whatever the Accept
+        ("GET", {"Accept": "application/json"}, ALICE, Kind.JSON),
+        ("GET", {"Accept": "text/html;q=0.5, application/json"}, ALICE, Kind.JSON),
+        ("GET", {"Accept": "application/json;q=0.2, text/html"}, ALICE, Kind.PAGE),
+        ("GET", {"Accept": "text/html, application/json"}, ALICE, Kind.PAGE),
+        ("GET", BROWSER, ALICE, Kind.PAGE),
+        ("HEAD", BROWSER, ALICE, Kind.PAGE),
+        ("GET", {}, ALICE, Kind.PAGE),  # curl: no Accept preference, no fetch metadata
+        ("GET", {"Accept": "*/*"}, ALICE, Kind.PAGE),
+        ("GET", {"Sec-Fetch-Dest": "script", "Sec-Fetch-Mode": "no-cors"}, ALICE, Kind.RESOURCE),
+        ("GET", {"Sec-Fetch-Dest": "image", "Accept": "image/avif,*/*"}, ALICE, Kind.RESOURCE),
+        ("GET", {"Sec-Fetch-Dest": "iframe", "Sec-Fetch-Mode": "navigate"}, ALICE, Kind.PAGE),
+        ("GET", BROWSER, None, Kind.INVALID),
     ],
 )
 def test_classify(
@@ -130,7 +124,7 @@ def test_api_answer_is_the_hubs_json_with_the_configured_status(status: int) -> 
     settings = StoppedSettings(status=status, named_servers=True)
     answer = decide("GET", "/user/alice/gpu/api/kernels", "/user/alice/gpu/api/kernels?x=1",
                     {}, settings)
-    assert (answer.kind, answer.status) == (API, status)
+    assert (answer.kind, answer.status) == (Kind.API, status)
     assert answer.content_type == "application/json"
     assert answer.headers["Cache-Control"] == "no-store"
     body = json.loads(answer.body)
@@ -145,7 +139,7 @@ def test_api_answer_is_the_hubs_json_with_the_configured_status(status: int) -> 
 def test_page_links_to_the_spawn_page_and_back() -> None:
     answer = decide("GET", "/user/alice/lab/tree/a.ipynb", "/user/alice/lab/tree/a.ipynb?r=1",
                     BROWSER, StoppedSettings())
-    assert (answer.kind, answer.status) == (PAGE, 424)
+    assert (answer.kind, answer.status) == (Kind.PAGE, 424)
     assert answer.content_type.startswith("text/html")
     assert answer.headers["Cache-Control"] == "no-store"
     assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
@@ -187,10 +181,10 @@ def test_spawn_url_escapes_like_jupyterhub_and_keeps_next_local() -> None:
 def test_sub_resources_get_plain_text_and_unknown_paths_404() -> None:
     answer = decide("GET", "/user/alice/static/app.js", "/user/alice/static/app.js",
                     {"Sec-Fetch-Dest": "script"}, StoppedSettings(status=503))
-    assert (answer.kind, answer.status) == (RESOURCE, 503)
+    assert (answer.kind, answer.status) == (Kind.RESOURCE, 503)
     assert answer.body == b"The server of user 'alice' is not running.\n"
     nobody = decide("GET", "/user/", "/user/", BROWSER, StoppedSettings())
-    assert (nobody.kind, nobody.status) == (INVALID, 404)
+    assert (nobody.kind, nobody.status) == (Kind.INVALID, 404)
 
 
 # -- the handler, served by the service -----------------------------------------------------
@@ -238,8 +232,9 @@ def counted(kind: str, status: str = "424") -> float:
 
 async def test_handler_answers_every_kind_and_counts_it(service: ResilienceService) -> None:
     base = f"http://127.0.0.1:{service.port}"
-    before = {kind: counted(kind) for kind in (API, XHR, JSON, PAGE, RESOURCE, WEBSOCKET)}
-    before_invalid = counted(INVALID, "404")
+    kinds = (Kind.API, Kind.XHR, Kind.JSON, Kind.PAGE, Kind.RESOURCE, Kind.WEBSOCKET)
+    before = {kind: counted(kind) for kind in kinds}
+    before_invalid = counted(Kind.INVALID, "404")
 
     api = await fetch(f"{base}/user/alice/api/kernels")
     xhr = await fetch(f"{base}/user/alice/lab/workspaces",
@@ -261,9 +256,11 @@ async def test_handler_answers_every_kind_and_counts_it(service: ResilienceServi
     assert {r.headers["Cache-Control"] for r in (api, xhr, as_json, page, head, script)} == {
         "no-store"
     }
-    expected = {API: 1, XHR: 1, JSON: 1, PAGE: 2, RESOURCE: 1, WEBSOCKET: 1}
+    expected = {
+        Kind.API: 1, Kind.XHR: 1, Kind.JSON: 1, Kind.PAGE: 2, Kind.RESOURCE: 1, Kind.WEBSOCKET: 1
+    }
     assert {kind: counted(kind) - before[kind] for kind in expected} == expected
-    assert counted(INVALID, "404") - before_invalid == 1
+    assert counted(Kind.INVALID, "404") - before_invalid == 1
 
 
 async def test_large_bodies_are_dropped_unread(service: ResilienceService) -> None:

@@ -60,15 +60,17 @@ def tune_activity(
     singleuser_share: float = 0.5,
     max_interval: int = 3600,
 ) -> ActivitySettings:
-    """Compute activity settings for ``expected_concurrent_servers`` within ``activity_requests_per_second``.
+    """Activity settings for ``expected_concurrent_servers`` within
+    ``activity_requests_per_second``.
 
     Raises ValueError naming the argument for a negative server count, a budget that is not
     positive, a share outside (0, 1) or a cap below JupyterHub's defaults.
     """
-    if isinstance(expected_concurrent_servers, bool) or not isinstance(expected_concurrent_servers, int):
-        raise ValueError(f"expected_concurrent_servers must be a whole number, got {expected_concurrent_servers!r}")
-    if expected_concurrent_servers < 0:
-        raise ValueError(f"expected_concurrent_servers must be >= 0, got {expected_concurrent_servers}")
+    servers = expected_concurrent_servers
+    if isinstance(servers, bool) or not isinstance(servers, int):
+        raise ValueError(f"expected_concurrent_servers must be a whole number, got {servers!r}")
+    if servers < 0:
+        raise ValueError(f"expected_concurrent_servers must be >= 0, got {servers}")
     if not activity_requests_per_second > 0 or math.isinf(activity_requests_per_second):
         raise ValueError(
             f"activity_requests_per_second must be a positive number of requests per second, "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,8 +313,8 @@ class ResilientKubeSpawner(KubeSpawner):
         attempts = self._retry_attempts.get(operation, 0) + 1
         self._retry_attempts[operation] = attempts
         first = self._retry_started.setdefault(operation, time.monotonic())
-        headers = error.headers or {}
-        retry_after = parse_retry_after(headers.get("Retry-After") if headers else None)
+        headers: Mapping[str, str] = error.headers or {}
+        retry_after = parse_retry_after(headers.get("Retry-After"))
         delay = policy.delay(attempts - 1, retry_after)
         if not policy.should_retry(attempts, time.monotonic() - first, delay):
             self.log.error(

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from typing import cast
 
 from tornado import web
 from traitlets import Bool, Integer, TraitError, Unicode, default
@@ -39,7 +40,22 @@ class ServiceCommand(Application):
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
-        logging.basicConfig(level=self.log_level, format=LOG_FORMAT)
+        self.refuse_unknown_settings()
+        # Application validates log_level into a logging level number.
+        logging.basicConfig(level=cast(int, self.log_level), format=LOG_FORMAT)
+
+    def refuse_unknown_settings(self) -> None:
+        """A misspelt setting is an error, not the warning traitlets gives: a culler that
+        silently runs with its default timeout is the failure this command exists to avoid."""
+        for cls in [type(self), *self.classes]:
+            section = self.config.get(cls.__name__, {})
+            unknown = sorted(set(section) - set(cls.class_trait_names(config=True)))
+            if unknown:
+                valid = ", ".join(sorted(cls.class_trait_names(config=True)))
+                raise TraitError(
+                    f"unknown setting(s) {', '.join(f'{cls.__name__}.{n}' for n in unknown)}; "
+                    f"valid: {valid}"
+                )
 
     async def serve(self) -> int:
         raise NotImplementedError

@@ -244,7 +244,9 @@ def page_answer(settings: StoppedSettings, server_path: ServerPath, uri: str) ->
         home=html.escape(settings.base_url + "hub/home", quote=True),
     )
     headers = {**NO_STORE_HEADERS, "Content-Security-Policy": PAGE_CSP}
-    return Answer(StoppedKind.PAGE, settings.status, "text/html; charset=UTF-8", page.encode(), headers)
+    return Answer(
+        StoppedKind.PAGE, settings.status, "text/html; charset=UTF-8", page.encode(), headers
+    )
 
 
 def decide(
@@ -300,4 +302,4 @@ class StoppedServerHandler(web.RequestHandler):
         else:
             self.finish(answer.body)
 
-    get = head = post = put = patch = delete = options = _answer  # type: ignore[assignment]
+    get = head = post = put = patch = delete = options = _answer

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).register(subparsers)
     for name, app in COMMANDS.items():
         # Listed for --help; the Application parses its own arguments (see main).
-        subparsers.add_parser(name, help=app.description.split(". ")[0] + ".", add_help=False)
+        subparsers.add_parser(name, help=str(app.description).split(". ")[0] + ".")
     return parser
 
 

@@ -38,7 +38,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub_resilience.hubclient import HubAPIError
 from hub_resilience.tools.loadreport import LoadReport
-from hub_resilience.tools.localhub import local_hub, unused_port
+from hub_resilience.tools.localhub import LocalHub, local_hub, unused_port
 from hub_resilience.tools.simulate import (
     Simulation,
     SimulationPlan,
@@ -208,7 +208,7 @@ async def run_demo(
     )
     async with local_hub(
         config, directory=work_dir, env=env, start_timeout=120,
-        service_name="demo-admin",
+        service_name="demo-admin", hub_class=LocalHub,
     ) as hub:
         service_metrics = f"http://127.0.0.1:{service_port}/metrics"
         await hub.wait_for_service(service_metrics)

@@ -302,7 +302,9 @@ async def local_hub(
     is stopped on exit, even when the body raised.
     """
     own_dir = directory is None
-    config_dir = Path(tempfile.mkdtemp(prefix="hub-resilience-hub-")) if own_dir else directory
+    config_dir = (
+        Path(tempfile.mkdtemp(prefix="hub-resilience-hub-")) if directory is None else directory
+    )
     config_dir.mkdir(parents=True, exist_ok=True)
     proxy_port, api_port, hub_port, responder_port = (unused_port() for _ in range(4))
     token = secrets.token_hex(24)

@@ -318,14 +318,14 @@ class Simulation:
             absorbed_before, attempts_before = _absorbed(), _spawn_attempts()
             self._absorbed_base = absorbed_before
             self._started_at = time.monotonic()
-            reporter = None
+            reporter: asyncio.Future[None] | None = None
             if on_progress is not None:
                 reporter = asyncio.ensure_future(self._report_progress(on_progress))
             try:
                 users = zip(names, offsets, strict=True)
                 outcomes = await asyncio.gather(*(self._user(setup, n, o) for n, o in users))
             finally:
-                if reporter is not None:
+                if reporter is not None and on_progress is not None:
                     reporter.cancel()
                     await asyncio.gather(reporter, return_exceptions=True)
                     on_progress(self.progress())

@@ -6,9 +6,9 @@ hundreds of servers that JupyterHub believes are real: started through its spawn
 checked for readiness over HTTP, routed by the real proxy, polled, stopped. So every
 :class:`SimulatedSpawner` of a hub points at one shared *responder*, a tiny HTTP server
 (``python -m hub_resilience.tools.simulated_spawner --port P``) bound to 127.0.0.1, which
-answers any path with 200 (and a small JSON for ``.../api``, the hub's readiness probe). The responder is
-started lazily by the first spawn, watches its parent and exits with the hub, and is
-terminated and reaped at hub exit, so no process outlives a test.
+answers any path with 200 (and a small JSON for ``.../api``, the hub's readiness probe).
+The responder is started lazily by the first spawn, watches its parent and exits with the
+hub, and is terminated and reaped at hub exit, so no process outlives a test.
 
 Start and stop take a configurable simulated time, a share of starts can be made to fail,
 and the state saved in the hub database lets a restarted hub find its servers running again
@@ -279,7 +279,7 @@ def _responder_app() -> Any:
                 self.set_header("Content-Type", "text/plain")
                 self.finish(f"simulated single-user server: {self.request.path}\n")
 
-        get = post = put = patch = delete = options = _answer  # type: ignore[assignment]
+        get = post = put = patch = delete = options = _answer
 
         def head(self) -> None:
             self.set_header("X-JupyterHub-Version", hub_version)
