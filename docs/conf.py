@@ -7,8 +7,9 @@ The configuration and metrics references are generated from the code, so they ca
   ``autoconfigurable``, listing only the traits the class itself adds (ResilientKubeSpawner's
   hundreds of inherited KubeSpawner traits are documented by KubeSpawner).
 - ``hub-resilience-metrics`` lists every metric the package exports: the metric objects of
-  ``hub_resilience`` modules registered in prometheus-client's default registry, and the
-  package's scrape-time collectors.
+  ``hub_resilience`` modules registered in a registry a process serves (prometheus-client's
+  default one, which the hub serves on ``/hub/metrics``, or a ``CollectorRegistry`` of the
+  package's, such as the service's), and the package's scrape-time collectors.
 
 Build: ``python -m sphinx -W --keep-going -b html docs docs/_build/html`` (the test suite
 does the same into a temporary directory). Nothing is fetched from the network.
@@ -154,10 +155,18 @@ class ConfigurablesDirective(SphinxDirective):
 # --- metrics ----------------------------------------------------------------------------------
 
 
-def _exported_family_names() -> set[str]:
-    from prometheus_client import REGISTRY
+def _exported_family_names(modules: list[ModuleType]) -> set[str]:
+    """Families of the default registry (the hub's /hub/metrics) and of every registry a
+    package module defines (the service's /metrics)."""
+    from prometheus_client import REGISTRY, CollectorRegistry
 
-    return {family.name for family in REGISTRY.collect()}
+    registries = [REGISTRY] + [
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if isinstance(obj, CollectorRegistry) and obj is not REGISTRY
+    ]
+    return {family.name for registry in registries for family in registry.collect()}
 
 
 def package_metrics() -> list[dict]:
@@ -165,7 +174,7 @@ def package_metrics() -> list[dict]:
     from prometheus_client.metrics import MetricWrapperBase
 
     modules = list(package_modules())
-    exported = _exported_family_names()
+    exported = _exported_family_names(modules)
     found: dict[str, dict] = {}
     for module in modules:
         for obj in vars(module).values():

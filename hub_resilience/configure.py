@@ -12,7 +12,7 @@ docs/configuration.md has the whole story. Policy is pure (:func:`plan_wiring`);
 from __future__ import annotations
 
 import copy
-import math
+import logging
 import socket
 import sys
 from collections.abc import Mapping
@@ -20,10 +20,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from traitlets import Bool, CaselessStrEnum, Float, Integer, TraitError, Unicode, validate
-from traitlets.config import Config, Configurable
+from traitlets import TraitError
+from traitlets.config import Config
 
-from hub_resilience.hub.activity import ActivitySettings, tune_activity
+from hub_resilience.hub.activity import ActivitySettings
+from hub_resilience.settings import (
+    HUB_LEGACY_STOPPED_STATUS,
+    HUB_STOPPED_STATUS,
+    NOT_FOUND_STATUS,
+    ConfigurationError,
+    HubResilience,
+)
 
 if TYPE_CHECKING:
     from hub_resilience.service.culler import Culler
@@ -37,227 +44,8 @@ RESILIENT_SPAWNER_NAMES = frozenset(
 #: on, two cullers would race each other, so one of them is refused.
 STOCK_CULLER_NAMES = frozenset({"jupyterhub-idle-culler", "cull-idle", "idle-culler"})
 
-#: Status codes the stopped-server handler may answer with.
-HUB_STOPPED_STATUS = 424
-HUB_LEGACY_STOPPED_STATUS = 503
-NOT_FOUND_STATUS = 404
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
 #: Culler traits the service sets itself (from the hub), never taken from ``c.Culler``.
 CULLER_CONNECTION_TRAITS = frozenset({"api_url", "api_token"})
-
-
-class ConfigurationError(ValueError):
-    """A configure() option, or its combination with the hub's config, is refused."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"hub_resilience.configure: {message}")
-
-
-class HubResilience(Configurable):
-    """The options of :func:`configure`; set them as ``c.HubResilience.<option>`` (z2jh:
-    ``hub.config.HubResilience``) or as keyword arguments of ``configure(c, ...)``."""
-
-    enabled = Bool(
-        True,
-        config=True,
-        help="Switch hub-resilience on; False makes configure(c) leave the config untouched.",
-    )
-    spawner_class = Unicode(
-        "resilient-kubespawner",
-        allow_none=True,
-        config=True,
-        help="""
-        JupyterHub.spawner_class to set; None keeps the spawner already configured (local
-        tests and demos use "hub_resilience.tools.simulated_spawner.SimulatedSpawner").
-        """,
-    )
-    service_name = Unicode(
-        "hub-resilience",
-        config=True,
-        help="Name of the managed service, and of the role holding its scopes.",
-    )
-    service_port = Integer(
-        8181, config=True, help="Port the service listens on (the /user/ route points at it)."
-    )
-    service_ip = Unicode(
-        None,
-        allow_none=True,
-        config=True,
-        help="""
-        Address the service listens on; None: all interfaces when the hub listens on all
-        (as in z2jh), else the hub's own hub_ip, else 127.0.0.1.
-        """,
-    )
-    proxy_target_host = Unicode(
-        None,
-        allow_none=True,
-        config=True,
-        help="""
-        Host the proxy connects to for the /user/ route; None: the host of
-        JupyterHub.hub_connect_url (z2jh: the hub Service), else hub_connect_ip, else the
-        service address (or this machine's name when that is a wildcard).
-        """,
-    )
-    api_token = Unicode(
-        None,
-        allow_none=True,
-        config=True,
-        help="The service's API token; None lets the hub generate one at each start.",
-    )
-    stopped_handler = Bool(
-        True,
-        config=True,
-        help="Route {base_url}user/ to the stopped-server handler with Proxy.extra_routes.",
-    )
-    stopped_status = Integer(
-        None,
-        allow_none=True,
-        config=True,
-        help="""
-        Status for requests to stopped servers: None answers what the hub would (424, or 503
-        with JupyterHub.use_legacy_stopped_server_status_code); 404 is also allowed.
-        """,
-    )
-    named_servers = Bool(
-        None,
-        allow_none=True,
-        config=True,
-        help="""
-        Whether /user/<name>/<segment>/ may name a named server; None follows
-        JupyterHub.allow_named_servers.
-        """,
-    )
-    cull = Bool(
-        True,
-        config=True,
-        help="Run the culler in the service; its settings are the Culler's (c.Culler.timeout...).",
-    )
-    expected_concurrent_servers = Integer(
-        100,
-        config=True,
-        help="""
-        How many user servers the hub is sized to run at once; with
-        activity_requests_per_second it sets the hub's and the single-user activity
-        intervals (docs/activity.md).
-        """,
-    )
-    activity_requests_per_second = Float(
-        10.0,
-        config=True,
-        help="""
-        Activity reports (single-user POSTs plus the hub's own proxy-poll writes) per second
-        the hub should absorb at expected_concurrent_servers. Lower it on a busy hub.
-        """,
-    )
-    activity_max_interval = Integer(
-        3600,
-        config=True,
-        help="""
-        Upper bound, in seconds, on the tuned activity intervals; keep it well below the
-        culler's timeout so idle servers are still noticed in time.
-        """,
-    )
-    concurrent_spawn_limit = Integer(
-        None,
-        allow_none=True,
-        config=True,
-        help="JupyterHub.concurrent_spawn_limit to set (0: unlimited); None leaves it as is.",
-    )
-    active_server_limit = Integer(
-        None,
-        allow_none=True,
-        config=True,
-        help="JupyterHub.active_server_limit to set (0: unlimited); None leaves it as is.",
-    )
-    log_level = CaselessStrEnum(
-        list(LOG_LEVELS), "INFO", config=True, help="Log level of the service process."
-    )
-
-    @validate("service_port")
-    def _valid_port(self, proposal: Any) -> int:
-        if not 1 <= proposal.value <= 65535:
-            raise TraitError(
-                f"HubResilience.service_port must be a port number, got {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("service_name")
-    def _valid_service_name(self, proposal: Any) -> str:
-        name = proposal.value
-        if not name or name != name.strip() or "/" in name or "%" in name or set(name) == {"."}:
-            raise TraitError(
-                f"HubResilience.service_name {name!r} is not a valid JupyterHub service name "
-                "(non-empty, no '/', no '%', no surrounding spaces)"
-            )
-        return name
-
-    @validate("service_ip", "proxy_target_host", "api_token", "spawner_class")
-    def _not_empty(self, proposal: Any) -> str | None:
-        if proposal.value is not None and not proposal.value.strip():
-            raise TraitError(
-                f"HubResilience.{proposal.trait.name} must be None or a non-empty string"
-            )
-        return proposal.value
-
-    @validate("stopped_status")
-    def _valid_status(self, proposal: Any) -> int | None:
-        allowed = (HUB_STOPPED_STATUS, HUB_LEGACY_STOPPED_STATUS, NOT_FOUND_STATUS)
-        if proposal.value is not None and proposal.value not in allowed:
-            raise TraitError(
-                "HubResilience.stopped_status must be None (what the hub answers) or "
-                f"{NOT_FOUND_STATUS}, got {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("expected_concurrent_servers")
-    def _valid_servers(self, proposal: Any) -> int:
-        if proposal.value < 1:
-            raise TraitError(
-                f"HubResilience.expected_concurrent_servers must be >= 1, got {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("activity_requests_per_second")
-    def _valid_budget(self, proposal: Any) -> float:
-        if not (math.isfinite(proposal.value) and proposal.value > 0):
-            raise TraitError(
-                "HubResilience.activity_requests_per_second must be a finite number > 0, "
-                f"got {proposal.value!r}"
-            )
-        return proposal.value
-
-    @validate("activity_max_interval")
-    def _valid_max_interval(self, proposal: Any) -> int:
-        if proposal.value < 1:
-            raise TraitError(
-                f"HubResilience.activity_max_interval must be >= 1 s, got {proposal.value}"
-            )
-        return proposal.value
-
-    @validate("concurrent_spawn_limit", "active_server_limit")
-    def _valid_limit(self, proposal: Any) -> int | None:
-        if proposal.value is not None and proposal.value < 0:
-            raise TraitError(
-                f"HubResilience.{proposal.trait.name} must be >= 0 (0 means no limit) or "
-                f"None, got {proposal.value}"
-            )
-        return proposal.value
-
-    def activity_settings(self) -> ActivitySettings:
-        """The tuned activity intervals for this hub's size and budget."""
-        try:
-            return tune_activity(
-                self.expected_concurrent_servers,
-                self.activity_requests_per_second,
-                max_interval=self.activity_max_interval,
-            )
-        except ValueError as e:
-            raise ConfigurationError(
-                "activity tuning (HubResilience.expected_concurrent_servers, "
-                f"activity_requests_per_second, activity_max_interval): {e}"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -414,7 +202,8 @@ def service_command(
     }
     command = [python, "-m", "hub_resilience.service"]
     command += [f"--ResilienceService.{k}={format_trait_value(v)}" for k, v in service.items()]
-    command.append(f"--Application.log_level={settings.log_level}")
+    # The Application's log_level takes logging's numbers (its names lack "WARNING").
+    command.append(f"--ServiceApp.log_level={logging.getLevelName(settings.log_level.upper())}")
     if settings.cull:
         command += [f"--Culler.{k}={format_trait_value(v)}" for k, v in culler.settings.items()]
     return command
@@ -434,6 +223,15 @@ def _check_ports(settings: HubResilience, facts: HubFacts) -> None:
             )
 
 
+def _runs_our_culler(command: str) -> bool:
+    """Whether a service command line runs ``hub-resilience cull`` (any spelling)."""
+    words = command.replace("/", " ").split()
+    return any(
+        word in ("hub-resilience", "hub_resilience") and words[i + 1 : i + 2] == ["cull"]
+        for i, word in enumerate(words)
+    )
+
+
 def _check_existing(settings: HubResilience, facts: HubFacts) -> None:
     for spec in facts.services:
         name = spec.get("name")
@@ -448,6 +246,12 @@ def _check_existing(settings: HubResilience, facts: HubFacts) -> None:
             raise ConfigurationError(
                 f"the stock idle culler is configured as service {name!r}; two cullers "
                 "would race each other. Turn it off (z2jh: cull.enabled: false) or set "
+                "HubResilience.cull = False"
+            )
+        if settings.cull and _runs_our_culler(command):
+            raise ConfigurationError(
+                f"service {name!r} already runs hub-resilience's culler ({command!r}); two "
+                "cullers would race each other. Remove that service or set "
                 "HubResilience.cull = False"
             )
     if settings.service_name in facts.role_names:
@@ -541,12 +345,12 @@ def plan_wiring(
 # -- the adapters ---------------------------------------------------------------------------
 
 
-def _section(c: Any, name: str) -> Any:
+def _section(c: Config, name: str) -> Config:
     """A config section for reading, without creating it in ``c`` when it is absent."""
-    return c[name] if name in c else {}
+    return c[name] if name in c else Config()
 
 
-def _get(section: Any, key: str) -> Any:
+def _get(section: Config, key: str) -> Any:
     """A value explicitly set in a config section, or None (never a LazyConfigValue)."""
     from traitlets.config.loader import LazyConfigValue
 
@@ -556,7 +360,7 @@ def _get(section: Any, key: str) -> Any:
     return None if isinstance(value, LazyConfigValue) else value
 
 
-def _items(section: Any, key: str, empty: Any) -> Any:
+def _items(section: Config, key: str, empty: Any) -> Any:
     """A container value, with the appends of a LazyConfigValue applied to ``empty``.
 
     A copy is evaluated: ``LazyConfigValue.get_value`` caches its result, so calling it on
@@ -572,7 +376,7 @@ def _items(section: Any, key: str, empty: Any) -> Any:
     return value
 
 
-def _port(url: Any) -> int | None:
+def _port(url: object) -> int | None:
     if not url:
         return None
     parsed = urlparse(str(url))
@@ -581,7 +385,7 @@ def _port(url: Any) -> int | None:
     return {"http": 80, "https": 443}.get(parsed.scheme)
 
 
-def read_hub_facts(c: Any) -> HubFacts:
+def read_hub_facts(c: Config) -> HubFacts:
     """Read what :func:`plan_wiring` needs from a JupyterHub config object (read only)."""
     hub = _section(c, "JupyterHub")
     facts: dict[str, Any] = {}
@@ -631,12 +435,12 @@ def read_hub_facts(c: Any) -> HubFacts:
     return HubFacts(**facts)
 
 
-def _append(section: Any, key: str, item: Any) -> None:
+def _append(section: Config, key: str, item: Mapping[str, Any]) -> None:
     """Append to a list setting, whether it is already a list or not yet set."""
     section[key].append(item)
 
 
-def read_culler_plan(c: Any) -> CullerPlan:
+def read_culler_plan(c: Config) -> CullerPlan:
     """The Culler settings in ``c.Culler``, checked by building a Culler from them now, so a
     bad name or value fails when the hub starts, not later in the service."""
     from hub_resilience.service.culler import Culler
@@ -664,7 +468,7 @@ def read_culler_plan(c: Any) -> CullerPlan:
     )
 
 
-def apply_wiring(c: Any, wiring: Wiring) -> None:
+def apply_wiring(c: Config, wiring: Wiring) -> None:
     """Write a :class:`Wiring` into the config object."""
     hub = c.JupyterHub
     if wiring.spawner_class is not None:
@@ -707,7 +511,7 @@ def _is_resilient_spawner(spawner_class: str | None) -> bool:
     return isinstance(spawner_class, type) and issubclass(spawner_class, ResilientKubeSpawner)
 
 
-def resolve_settings(c: Any, options: Mapping[str, Any]) -> HubResilience:
+def resolve_settings(c: Config, options: Mapping[str, Any]) -> HubResilience:
     """``c.HubResilience`` with ``options`` on top, every value checked by its trait."""
     valid = HubResilience.class_trait_names(config=True)
     unknown = sorted(set(options) - set(valid))
@@ -717,13 +521,20 @@ def resolve_settings(c: Any, options: Mapping[str, Any]) -> HubResilience:
             f"valid options (HubResilience traits): {', '.join(sorted(valid))}"
         )
     section = dict(_section(c, "HubResilience"))
+    misspelt = sorted(set(section) - set(valid))
+    if misspelt:
+        # traitlets would only warn, and the hub would run with the defaults.
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(f'HubResilience.{n}' for n in misspelt)}; "
+            f"valid: {', '.join(sorted(valid))}"
+        )
     try:
         return HubResilience(config=Config({"HubResilience": {**section, **options}}))
     except TraitError as e:
         raise ConfigurationError(str(e)) from None
 
 
-def configure(c: Any, **options: Any) -> Wiring | None:
+def configure(c: Config, **options: Any) -> Wiring | None:
     """Wire hub-resilience into the JupyterHub config object ``c``; returns what was wired,
     or None when ``HubResilience.enabled`` is False.
 

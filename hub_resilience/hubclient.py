@@ -36,11 +36,12 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from prometheus_client import CollectorRegistry, Counter
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hub_resilience import __version__
 from hub_resilience.backoff import BackoffPolicy, parse_retry_after
-from hub_resilience.service.metrics import HUB_API_REQUESTS, HUB_API_RETRIES, HubAPIRetryReason
+from hub_resilience.labels import LabelEnum
 
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 
@@ -51,6 +52,38 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 STATE_FILTER_MIN_VERSION = (1, 3)
 
 log = logging.getLogger(__name__)
+
+
+class HubAPIRetryReason(LabelEnum):
+    """Why a failed hub API request was retried (the ``reason`` label)."""
+
+    THROTTLED = "429"  # the hub refused: concurrent_spawn_limit or an overload
+    UNAVAILABLE = "503"
+    SERVER_ERROR = "5xx"  # another 5xx, for a request that is safe to repeat
+    CONNECT = "connect"  # no connection was made
+    CONNECTION = "connection"  # the connection was lost, for a request safe to repeat
+
+
+#: The client's own metrics, in a registry of their own: the process that uses the client
+#: exports it (the service adds it to its /metrics; the tools read it), and importing the
+#: client registers nothing anywhere else.
+HUB_API_REGISTRY = CollectorRegistry(auto_describe=True)
+
+# ``component`` names the caller from a fixed set given by the code ("culler", ...);
+# ``status`` is the HTTP status code or "connection_error".
+HUB_API_REQUESTS = Counter(
+    "hub_resilience_hub_api_requests_total",
+    "Requests sent to the JupyterHub REST API, every attempt counted, by caller, method and "
+    "HTTP status (or connection_error when no answer came).",
+    ["component", "method", "status"],
+    registry=HUB_API_REGISTRY,
+)
+HUB_API_RETRIES = Counter(
+    "hub_resilience_hub_api_retries_total",
+    "JupyterHub API requests retried after backing off, by caller and reason.",
+    ["component", "reason"],
+    registry=HUB_API_REGISTRY,
+)
 
 
 class HubAPIError(Exception):

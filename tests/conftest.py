@@ -50,11 +50,17 @@ def make_spawner(offline_kubeconfig: Path) -> Callable[..., object]:
     from traitlets.config import Config
 
     from hub_resilience.hub.spawner import ResilientKubeSpawner
+    from hub_resilience.settings import HubResilience
 
     def factory(config: dict | None = None, **traits: object) -> ResilientKubeSpawner:
+        """``config``: ResilientKubeSpawner traits, and HubResilience traits (the activity
+        sizing the spawner reads from the hub's config), each set in its own section."""
         c = Config()
         for name, value in (config or {}).items():
-            c.ResilientKubeSpawner[name] = value
+            section = "HubResilience" if HubResilience.class_traits().get(name) else (
+                "ResilientKubeSpawner"
+            )
+            c[section][name] = value
         return ResilientKubeSpawner(_mock=True, config=c, **traits)
 
     return factory

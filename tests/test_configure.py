@@ -89,6 +89,7 @@ def test_unknown_option_lists_the_valid_ones() -> None:
         ({"service_port": 70000}, "service_port must be a port number"),
         ({"stopped_status": 500}, "stopped_status must be None"),
         ({"service_name": "a/b"}, "not a valid JupyterHub service name"),
+        ({"activity_max_interval": 60}, "activity_max_interval must be >= 300 s"),
     ],
 )
 def test_bad_values_are_refused_naming_the_trait(options: dict[str, Any], named: str) -> None:
@@ -125,7 +126,7 @@ def test_defaults_for_a_plain_local_hub() -> None:
             "--ResilienceService.base_url=/", "--ResilienceService.stopped_status=424",
             "--ResilienceService.named_servers=False", "--ResilienceService.stopped_handler=True",
             "--ResilienceService.cull=True", "--ResilienceService.watch_parent=True",
-            "--Application.log_level=INFO",
+            "--ServiceApp.log_level=20",
         ],
     }
     assert wiring.role is not None
@@ -214,11 +215,6 @@ def test_bad_culler_settings_fail_in_configure_not_in_the_service(
         configure(Config({"Culler": culler}))
 
 
-def test_activity_that_cannot_be_tuned_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="activity tuning"):
-        plan(activity_max_interval=60)
-
-
 @pytest.mark.parametrize(
     ("facts", "setting"),
     [
@@ -254,6 +250,29 @@ def test_stock_culler_is_refused_unless_ours_is_off() -> None:
     wiring = configure(c, cull=False)
     assert wiring.role is None
     assert flag(wiring.command, "ResilienceService.cull") == "False"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["hub-resilience", "cull", "--timeout=3600"],
+        ["/usr/bin/python3", "-m", "hub_resilience", "cull"],
+        ["/opt/venv/bin/hub-resilience", "cull", "--once"],
+    ],
+)
+def test_our_own_culler_as_another_service_is_refused(command: list[str]) -> None:
+    c = z2jh_config()
+    c.JupyterHub.services.append({"name": "my-culler", "command": command})
+    with pytest.raises(ConfigurationError, match="already runs hub-resilience's culler"):
+        configure(c)
+    assert configure(c, cull=False).role is None
+
+
+def test_a_misspelt_setting_is_refused_not_ignored() -> None:
+    c = z2jh_config()
+    c.HubResilience.expected_servers = 800  # the old name
+    with pytest.raises(ConfigurationError, match="unknown setting.*HubResilience.expected_servers"):
+        configure(c)
 
 
 def test_second_call_and_role_clash_are_refused() -> None:

@@ -147,7 +147,7 @@ async def test_quickstart_values_make_the_charts_pods_guaranteed(make_spawner: C
     """The quick start's overlay, on top of helm-values/hub-resilience.yaml, passes the
     chart's schema, and its QoS defaults are what turns a pod with the chart's resource-less
     block-cloud-metadata init container into a Guaranteed one (refused without them)."""
-    from hub_resilience import qos
+    from hub_resilience.hub import qos
 
     (overlay,) = [
         block for block in _yaml_blocks("quickstart.md")

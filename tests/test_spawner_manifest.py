@@ -238,8 +238,11 @@ async def test_explicit_activity_interval_wins(make_spawner) -> None:
         ({"qos_mode": "cpu-only"}, "qos_mode"),
         ({"qos_default_memory": "1.5Gx"}, "qos_default_memory.*1.5Gx"),
         ({"qos_default_cpu": "-1"}, "qos_default_cpu.*negative"),
-        ({"activity_requests_per_second": 0}, "activity_requests_per_second must be > 0"),
-        ({"expected_concurrent_servers": -5}, "expected_concurrent_servers"),
+        ({"activity_requests_per_second": 0}, "activity_requests_per_second must be a finite"),
+        ({"retry_max_attempts": 0}, "retry_max_attempts must be >= 1"),
+        ({"backoff_base": float("inf")}, "backoff_base must be a finite number of seconds"),
+        ({"retry_after_cap": -1.0}, "retry_after_cap must be a finite number of seconds"),
+        ({"expected_concurrent_servers": -5}, "expected_concurrent_servers must be >= 1"),
     ],
 )
 async def test_bad_settings_fail_when_the_spawner_is_configured(

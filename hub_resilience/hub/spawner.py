@@ -20,15 +20,15 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes_asyncio.client import V1Pod
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.spawner import PodReflector
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import CaselessStrEnum, Float, Integer, TraitError, validate
+from traitlets import Bunch, CaselessStrEnum, Float, Integer, TraitError, validate
 
 from hub_resilience.backoff import BackoffPolicy, parse_retry_after
-from hub_resilience.configure import HubResilience
 from hub_resilience.hub import activity, qos, spawn_phases
 from hub_resilience.hub.metrics import (
     K8S_API_REQUEST_SECONDS,
@@ -45,6 +45,7 @@ from hub_resilience.hub.metrics import (
     SpawnPhase,
     register_hub_collectors,
 )
+from hub_resilience.settings import HubResilience
 
 #: Kubernetes API answers worth retrying: throttling and transient server errors.
 RETRY_REASONS = {
@@ -154,7 +155,7 @@ class ResilientKubeSpawner(KubeSpawner):
     )
 
     @validate("qos_default_cpu", "qos_default_memory")
-    def _validate_default_quantity(self, proposal: dict) -> Any:
+    def _validate_default_quantity(self, proposal: Bunch) -> Any:
         value = proposal["value"]
         if value is not None:
             name = proposal["trait"].name
@@ -165,7 +166,7 @@ class ResilientKubeSpawner(KubeSpawner):
         return value
 
     @validate("backoff_base", "backoff_cap", "retry_after_cap")
-    def _validate_positive_seconds(self, proposal: dict) -> float:
+    def _validate_positive_seconds(self, proposal: Bunch) -> float:
         value = proposal["value"]
         if not (math.isfinite(value) and value > 0):
             raise TraitError(
@@ -175,7 +176,7 @@ class ResilientKubeSpawner(KubeSpawner):
         return value
 
     @validate("retry_max_attempts")
-    def _validate_attempts(self, proposal: dict) -> int:
+    def _validate_attempts(self, proposal: Bunch) -> int:
         if proposal["value"] < 1:
             raise TraitError(
                 f"ResilientKubeSpawner.retry_max_attempts must be >= 1, got {proposal['value']!r}"
@@ -183,8 +184,8 @@ class ResilientKubeSpawner(KubeSpawner):
         return proposal["value"]
 
     def activity_settings(self) -> activity.ActivitySettings:
-        """The tuned activity settings for this hub's size and budget (HubResilience)."""
-        return HubResilience(config=self.config).activity_settings()
+        """The tuned activity settings for this hub's size and budget."""
+        return self.resilience.activity_settings()
 
     def get_env(self) -> dict:
         """KubeSpawner's environment plus the tuned single-user activity interval.
@@ -199,6 +200,9 @@ class ResilientKubeSpawner(KubeSpawner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The hub's HubResilience settings (the activity sizing), read and checked now, so a
+        # bad value fails when the spawner is made, not in the middle of a spawn.
+        self.resilience = HubResilience(config=self.config)
         self._timing: SpawnTiming | None = None
         self._validated_profile: str | None = None
         # Per operation, for the current start or stop: retries so far and when they began.
@@ -242,7 +246,7 @@ class ResilientKubeSpawner(KubeSpawner):
         options = self.user_options or {}
         return options.get("profile") or None
 
-    def enforce_qos(self, pod: Any) -> Any:
+    def enforce_qos(self, pod: V1Pod) -> V1Pod:
         """Return ``pod`` made Guaranteed (or memory-only) by the configured policy.
 
         Raises :class:`hub_resilience.hub.qos.QoSError` with a message for the user and the
@@ -260,11 +264,11 @@ class ResilientKubeSpawner(KubeSpawner):
         qos.check_enforced(pod, mode=self.qos_mode, profile=profile)
         return pod
 
-    async def get_pod_manifest(self) -> Any:
+    async def get_pod_manifest(self) -> V1Pod:
         """KubeSpawner's pod, with requests equal to limits in every container."""
         return self.enforce_qos(await super().get_pod_manifest())
 
-    async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
+    async def _make_create_pod_request(self, pod: V1Pod, request_timeout: float) -> bool:
         # Enforced again here: a modify_pod_hook runs after get_pod_manifest and may add
         # containers. Idempotent for a pod that is already Guaranteed.
         pod = self.enforce_qos(pod)
@@ -359,7 +363,7 @@ class ResilientKubeSpawner(KubeSpawner):
             return None
         return reflector.pods.get(f"{self.namespace}/{self.pod_name}")
 
-    async def _start(self) -> Any:
+    async def _start(self) -> str | tuple[str, int]:
         """KubeSpawner's start, timed phase by phase, with failures classified."""
         self._timing = SpawnTiming(requested=time.monotonic())
         self._reset_retries(K8sOperation.CREATE_POD)

@@ -38,7 +38,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from traitlets import Bool, Enum, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, Bunch, Enum, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from hub_resilience.service.culler import Culler
@@ -118,20 +118,20 @@ class ResilienceService(LoggingConfigurable):
         return log
 
     @validate("port")
-    def _valid_port(self, proposal: Any) -> int:
+    def _valid_port(self, proposal: Bunch) -> int:
         if not 1 <= proposal.value <= 65535:
             raise TraitError(f"ResilienceService.port must be a port number, not {proposal.value}")
         return proposal.value
 
     @validate("base_url")
-    def _valid_base_url(self, proposal: Any) -> str:
+    def _valid_base_url(self, proposal: Bunch) -> str:
         value = proposal.value
         if not value.startswith("/"):
             value = "/" + value
         return value if value.endswith("/") else value + "/"
 
     @validate("parent_check_interval", "orphan_timeout", "shutdown_timeout")
-    def _positive(self, proposal: Any) -> float:
+    def _positive(self, proposal: Bunch) -> float:
         if not proposal.value > 0:
             raise TraitError(
                 f"ResilienceService.{proposal.trait.name} must be > 0, not {proposal.value}"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import cast
 
 from tornado import web
-from traitlets import Bool, Integer, TraitError, Unicode, default
+from traitlets import Bool, Enum, Integer, TraitError, Unicode
 from traitlets.config import Application
 
 from hub_resilience.service.app import MetricsHandler, ResilienceService
@@ -32,17 +32,34 @@ class ServiceCommand(Application):
         "", config=True, help="A traitlets config file (Python: c.Class.trait = ...)."
     )
 
-    @default("log_level")
-    def _default_log_level(self) -> int:
-        return logging.INFO
+    log_level = Enum(
+        (0, 10, 20, 30, 40, 50, "DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"),
+        default_value=logging.INFO,
+        config=True,
+        help="Log level, by number or name.",
+    )
 
     def initialize(self, argv: list[str] | None = None) -> None:
+        self.refuse_unknown_options(sys.argv[1:] if argv is None else argv)
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
         self.refuse_unknown_settings()
         # Application validates log_level into a logging level number.
         logging.basicConfig(level=cast(int, self.log_level), format=LOG_FORMAT)
+
+    def refuse_unknown_options(self, argv: list[str]) -> None:
+        """A misspelt shorthand (``--timout=60``) is an error too; traitlets only warns."""
+        known = {"help", "help-all", "version", *self.aliases, *self.flags}
+        for arg in argv:
+            if arg == "--":
+                break
+            name = arg[2:].split("=", 1)[0]
+            if arg.startswith("--") and "." not in name and name not in known:
+                raise TraitError(
+                    f"unknown option --{name}; the options are --{', --'.join(sorted(known))} "
+                    "and --<Class>.<trait>=<value> (see --help-all)"
+                )
 
     def refuse_unknown_settings(self) -> None:
         """A misspelt setting is an error, not the warning traitlets gives: a culler that
@@ -74,12 +91,15 @@ class ServiceCommand(Application):
         app = cls()
         try:
             app.initialize(argv)
-            app.start()
-        except SystemExit as e:
-            return int(e.code or 0)
+        except SystemExit as e:  # --help (0), or a value traitlets could not parse
+            return 2 if e.code else 0
         except (TraitError, ValueError) as e:
             print(f"{cls.name}: {e}", file=sys.stderr)
             return 2
+        try:
+            app.start()
+        except SystemExit as e:
+            return int(e.code or 0)
         return 0
 
 
@@ -107,7 +127,7 @@ class ServiceApp(ServiceCommand):
         "stopped-status": "ResilienceService.stopped_status",
         "orphan-timeout": "ResilienceService.orphan_timeout",
         "config": "ServiceApp.config_file",
-        "log-level": "Application.log_level",
+        "log-level": "ServiceApp.log_level",
     }
     flags = {
         name: ({"ResilienceService": {trait: value}}, help)
@@ -139,26 +159,30 @@ class CullerApp(ServiceCommand):
     name = "hub-resilience cull"
     description = (
         "Stop idle single-user servers, and optionally delete idle users, using "
-        "JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN like any JupyterHub service. Accepts "
-        "jupyterhub-idle-culler's flags; every Culler trait is --Culler.<trait>=<value>."
+        "JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN like any JupyterHub service. Every "
+        "Culler trait is --<trait-with-dashes>=<value> (jupyterhub-idle-culler's --timeout, "
+        "--cull-every, --max-age, --concurrency, --cull-users, ... as z2jh writes them) and "
+        "--Culler.<trait>=<value>."
     )
     classes = [Culler]
+    # Every Culler trait by its dashed name (--cull-every=600), as jupyterhub-idle-culler
+    # and z2jh write them; a Bool also as a bare flag (--cull-users).
     aliases = {
         "url": "Culler.api_url",
-        "timeout": "Culler.timeout",
-        "cull-every": "Culler.cull_every",
-        "max-age": "Culler.max_age",
-        "concurrency": "Culler.concurrency",
-        "api-page-size": "Culler.api_page_size",
+        **{
+            name.replace("_", "-"): f"Culler.{name}"
+            for name in Culler.class_trait_names(config=True)
+            if name not in ("api_url", "api_token")
+        },
         "config": "CullerApp.config_file",
         "metrics-port": "CullerApp.metrics_port",
         "metrics-ip": "CullerApp.metrics_ip",
-        "log-level": "Application.log_level",
+        "log-level": "CullerApp.log_level",
     }
     flags = {
-        name: ({"Culler": {name.replace("-", "_"): True}}, Culler.class_traits()[
-            name.replace("-", "_")].help)
-        for name in ("cull-users", "cull-admin-users", "remove-named-servers")
+        name.replace("_", "-"): ({"Culler": {name: True}}, trait.help)
+        for name, trait in Culler.class_traits(config=True).items()
+        if isinstance(trait, Bool)
     } | {
         "once": (
             {"CullerApp": {"once": True}},

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Bool, Bunch, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from hub_resilience.backoff import BackoffPolicy
@@ -246,13 +246,13 @@ class Culler(LoggingConfigurable):
         return logging.getLogger("hub_resilience.service.culler")
 
     @validate("timeout", "request_timeout", "retry_deadline", "backoff_base", "backoff_cap")
-    def _positive(self, proposal: Any) -> float:
+    def _positive(self, proposal: Bunch) -> float:
         if not proposal.value > 0:
             raise TraitError(f"Culler.{proposal.trait.name} must be > 0, not {proposal.value}")
         return proposal.value
 
     @validate("concurrency", "api_page_size", "retry_max_attempts", "max_page_failures")
-    def _at_least_one(self, proposal: Any) -> int:
+    def _at_least_one(self, proposal: Bunch) -> int:
         if proposal.value < 1:
             raise TraitError(f"Culler.{proposal.trait.name} must be >= 1, not {proposal.value}")
         return proposal.value
@@ -260,7 +260,7 @@ class Culler(LoggingConfigurable):
     @validate(
         "cull_every", "max_age", "recheck_after", "stop_wait_timeout", "retry_after_cap"
     )
-    def _non_negative(self, proposal: Any) -> float:
+    def _non_negative(self, proposal: Bunch) -> float:
         if proposal.value < 0:
             raise TraitError(f"Culler.{proposal.trait.name} must be >= 0, not {proposal.value}")
         return proposal.value

@@ -19,25 +19,17 @@ from prometheus_client import (
     Histogram,
 )
 
+from hub_resilience.hubclient import HUB_API_REGISTRY
 from hub_resilience.labels import LabelEnum
 from hub_resilience.service.cull_policy import CullReason
 
 PREFIX = "hub_resilience"
 
-#: What the service's ``/metrics`` serves: its own families and its process's.
+#: What the service's ``/metrics`` serves: its own families, its hub API client's and its
+#: process's.
 REGISTRY = CollectorRegistry(auto_describe=True)
-for _standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_standard)
-
-
-class HubAPIRetryReason(LabelEnum):
-    """Why a failed hub API request was retried (the ``reason`` label)."""
-
-    THROTTLED = "429"  # the hub refused: concurrent_spawn_limit or an overload
-    UNAVAILABLE = "503"
-    SERVER_ERROR = "5xx"  # another 5xx, for a request that is safe to repeat
-    CONNECT = "connect"  # no connection was made
-    CONNECTION = "connection"  # the connection was lost, for a request safe to repeat
+for _collector in (HUB_API_REGISTRY, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
 
 class StoppedKind(LabelEnum):
@@ -68,21 +60,6 @@ class SkipReason(LabelEnum):
     BECAME_ACTIVE = "became_active"  # re-checked and found active
 
 
-# ``component`` names the caller from a fixed set given by the code ("culler", ...);
-# ``status`` is the HTTP status code or "connection_error".
-HUB_API_REQUESTS = Counter(
-    f"{PREFIX}_hub_api_requests_total",
-    "Requests sent to the JupyterHub REST API, every attempt counted, by caller, method and "
-    "HTTP status (or connection_error when no answer came).",
-    ["component", "method", "status"],
-    registry=REGISTRY,
-)
-HUB_API_RETRIES = Counter(
-    f"{PREFIX}_hub_api_retries_total",
-    "JupyterHub API requests retried after backing off, by caller and reason.",
-    ["component", "reason"],
-    registry=REGISTRY,
-)
 CULLER_CYCLES = Counter(
     f"{PREFIX}_culler_cycles_total",
     "Culler cycles run, by result: ok (finished; single users may have been skipped) or "

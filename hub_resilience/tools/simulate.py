@@ -42,13 +42,13 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hubclient import (
+    HUB_API_REGISTRY,
     HubAPIError,
     HubClient,
     HubUnavailableError,
     SpawnFailedError,
     StopResult,
 )
-from hub_resilience.service.metrics import REGISTRY
 from hub_resilience.tools.loadreport import (
     Arrival,
     HubLoad,
@@ -149,7 +149,7 @@ def client_policy(client: str, timeout: float) -> BackoffPolicy:
 def _counter(name: str, **labels: str) -> float:
     """Sum of a counter's samples in this process whose labels include ``labels``."""
     total = 0.0
-    for family in REGISTRY.collect():
+    for family in HUB_API_REGISTRY.collect():
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from jupyterhub.spawner import Spawner
-from traitlets import Bool, Float, Int, TraitError, validate
+from traitlets import Bool, Bunch, Float, Int, TraitError, validate
 
 LOOPBACK = "127.0.0.1"
 
@@ -163,7 +163,7 @@ class SimulatedSpawner(Spawner):
     ).tag(config=True)
 
     @validate("start_delay", "stop_delay", "max_user_option_delay")
-    def _non_negative(self, proposal: Any) -> float:
+    def _non_negative(self, proposal: Bunch) -> float:
         if proposal.value < 0:
             raise TraitError(
                 f"SimulatedSpawner.{proposal.trait.name} must be >= 0, not {proposal.value}"
@@ -171,7 +171,7 @@ class SimulatedSpawner(Spawner):
         return proposal.value
 
     @validate("start_failure_rate")
-    def _share(self, proposal: Any) -> float:
+    def _share(self, proposal: Bunch) -> float:
         if not 0 <= proposal.value <= 1:
             raise TraitError(
                 f"SimulatedSpawner.start_failure_rate must be within [0, 1], not {proposal.value}"
@@ -179,7 +179,7 @@ class SimulatedSpawner(Spawner):
         return proposal.value
 
     @validate("responder_port")
-    def _port(self, proposal: Any) -> int:
+    def _port(self, proposal: Bunch) -> int:
         if not 0 <= proposal.value <= 65535:
             raise TraitError(
                 f"SimulatedSpawner.responder_port must be a port number, not {proposal.value}"
