@@ -1,15 +1,8 @@
 """How long to wait before trying an overloaded API again.
 
 Pure arithmetic, no I/O, so the same policy serves the JupyterHub API client and the
-Kubernetes API calls of the spawner, and can be tested exhaustively.
-
-Why full jitter: when hundreds of clients are refused at the same moment (a launch spike
-hitting ``concurrent_spawn_limit``), retrying after a fixed or merely exponential delay makes
-them come back together and refuse each other again. Drawing the delay uniformly from
-``[0, min(cap, base * 2**attempt)]`` spreads them out (the "full jitter" scheme from the AWS
-architecture blog). When the server says how long to wait (``Retry-After``) we believe it, up
-to a cap, and still add a little jitter so that a herd told "30 seconds" does not return in
-the same millisecond.
+Kubernetes API calls of the spawner, and can be tested exhaustively. Why full jitter, and
+how ``Retry-After`` is honoured: docs/architecture.md ("Talking to overloaded APIs").
 """
 from __future__ import annotations
 

@@ -1,24 +1,9 @@
 """An async client for the JupyterHub REST API that stays polite when the hub is overloaded.
 
-Everything in this package that talks to the hub goes through :class:`HubClient`, so the
-rules below hold everywhere:
-
-- **Retries that do not make things worse.** 429 and 503 mean "not now": we wait for the
-  hub's ``Retry-After`` (seconds or an HTTP-date, capped), or, when there is none (the
-  ``active_server_limit`` 429 sends none), for a full-jitter exponential delay. While one
-  request is told to wait, every other request of the same client waits too (the hub is
-  overloaded for all of them), so a culler cycle pauses as a whole instead of each of its
-  requests discovering the overload separately. Other 5xx answers and broken connections are
-  retried with the same backoff, but only for requests that are safe to repeat: a request
-  that may have reached the hub and must not happen twice (creating users, say) is never
-  sent again. Attempts are bounded and every call has an overall deadline.
-- **Listing in pages.** ``GET /users`` is read page by page with JupyterHub's pagination
-  media type and ``offset``/``limit``, so a hub with ten thousand users is never asked for
-  all of them at once, and the ``state`` filter is used where the hub supports it.
-- **Spawn semantics.** Starting a server that is already starting or running is not an
-  error; stopping one that is already stopping or gone is reported, not raised.
-
-The numbers come from :class:`hub_resilience.backoff.BackoffPolicy`.
+Everything in this package that talks to the hub goes through :class:`HubClient`, so its
+rules (Retry-After and full-jitter retries that never repeat an unsafe request, one pause
+for the whole client, paged listings, idempotent spawn and stop) hold everywhere; the numbers
+come from :class:`hub_resilience.backoff.BackoffPolicy`. See docs/culler.md ("The API client").
 """
 from __future__ import annotations
 

@@ -333,7 +333,7 @@ async def _has_route(hub: RunningHub, routespec: str) -> bool:
 
 
 async def test_service_survives_hub_restarts(service_port: int) -> None:
-    async with running_hub(hub_config()) as hub, hub.client() as client:
+    async with running_hub(hub_config(service_port)) as hub, hub.client() as client:
         await set_up_users(hub, client)
         first = await wait_for_service(hub, service_port)
 

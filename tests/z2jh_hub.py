@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tornado.httpclient import AsyncHTTPClient
 from traitlets.config import Config
 from traitlets.config.loader import PyFileConfigLoader
 
@@ -104,8 +105,14 @@ def load_config(directory: Path, values: Mapping[str, Any]) -> Config:
     path = chart_files(directory, values)
     # z2jh.py is imported by name and caches the values it read: forget an earlier copy.
     sys.modules.pop("z2jh", None)
-    with service_environment():
-        return PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+    # The file switches tornado's AsyncHTTPClient to curl for the whole process, as a hub
+    # wants; this process's other clients must keep their own.
+    saved = AsyncHTTPClient._save_configuration()
+    try:
+        with service_environment():
+            return PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+    finally:
+        AsyncHTTPClient._restore_configuration(saved)
 
 
 def exec_source(config_path: Path, service_name: str) -> str:

@@ -1,22 +1,9 @@
 """Activity intervals that keep activity reporting within what the hub can absorb.
 
-Why: every single-user server POSTs its activity to the hub API every
-``JUPYTERHUB_ACTIVITY_INTERVAL`` seconds, and every ``JupyterHub.last_activity_interval``
-seconds the hub fetches all proxy routes and writes the activity it finds to its database.
-Both costs grow with the number of running servers; on a large hub, JupyterHub's defaults
-(300 s each) turn into a steady storm of API requests and database writes on a
-single-process hub.
-
-The formula (pure, documented in docs/activity.md):
-
-- ``N`` expected concurrent servers, ``B`` activity requests per second the hub should absorb,
-  split between the two sources by ``singleuser_share`` (default 1/2).
-- single-user interval = ``N / (B * singleuser_share)``; hub interval
-  = ``N / (B * (1 - singleuser_share))`` (the hub's poll writes up to one row per server);
-  both rounded up to whole multiples of 30 s, never below JupyterHub's own default of 300 s,
-  and at most ``max_interval``. If the cap binds, the budget is not met and that is reported.
-- ``activity_resolution`` = a tenth of the single-user interval, never below JupyterHub's
-  default of 30 s: updates closer together than that are not written to the database.
+Why: single-user activity POSTs and the hub's proxy poll both grow with the number of
+running servers; on a large hub JupyterHub's defaults become a steady storm on one process.
+:func:`tune_activity` sizes both intervals for a request budget, as a pure function; the
+formula, its guarantees and worked examples are in docs/activity.md.
 """
 
 from __future__ import annotations

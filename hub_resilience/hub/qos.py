@@ -1,15 +1,8 @@
 """Guaranteed QoS for user pods: Kubernetes' own QoS rules, and the policy that enforces them.
 
-Why: a pod whose containers have guarantees but no limits (Burstable) competes for CPU and
-memory on a shared node, and under memory pressure its kernels are the first to be killed.
-A pod is *Guaranteed* only when every container, init and sidecar containers included,
-has cpu and memory limits, and requests equal to those limits.
-
-Everything here is pure (no I/O) and works on a pod given either as a Kubernetes model
-object (``V1Pod`` from ``kubernetes`` or ``kubernetes_asyncio``, as KubeSpawner builds) or as
-a plain dict (as the API returns it). Quantities are parsed with
-``kubernetes.utils.quantity.parse_quantity``, so "1Gi" == "1073741824" and "500m" == "0.5"
-exactly as the API server compares them.
+Why: a Burstable user pod competes for memory on a shared node and its kernels are the first
+killed under pressure. Everything here is pure (no I/O), on a pod given as a Kubernetes model
+object or a plain dict; the rules, the policy and its modes are in docs/qos.md.
 """
 
 from __future__ import annotations

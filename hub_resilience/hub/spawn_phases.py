@@ -1,19 +1,8 @@
 """Where a spawn spent its time, and why it failed, read from a pod and its events.
 
-Pure functions over the pod and event dicts that KubeSpawner's reflectors already hold (the
-JSON the Kubernetes API returns), so nothing here makes a request.
-
-Phases read from Kubernetes (seconds):
-
-- ``scheduling``: ``metadata.creationTimestamp`` -> the ``PodScheduled`` condition turning
-  True. When the cluster autoscaler added a node for the pod (a ``TriggeredScaleUp`` event),
-  that wait is part of this phase and :attr:`PodTimeline.scaled_up` is set.
-- ``image_pull``: the first ``Pulling`` event -> the last ``Pulled`` event. The kubelet's
-  ``Pulled`` message carries the exact duration ("Successfully pulled image ... in 2.53s"),
-  which is preferred over event timestamps (whole seconds). Not reported when every image was
-  already present.
-- ``container_start``: the image being ready (last ``Pulled``, else scheduling) -> the
-  ``ContainersReady`` condition turning True.
+Pure functions over the pod and event dicts that KubeSpawner's reflectors already hold, so
+measuring a launch costs no request. How each phase is read from Kubernetes is in
+docs/architecture.md ("A launch"); the phases as metrics in docs/metrics.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """The resilience service: one process beside the hub for the stopped-server handler, the
 culler, and their metrics.
 
-Why one process: operators switch on one thing (``hub_resilience.configure(c)`` starts it as
-a JupyterHub managed service inside the hub pod), and it serves:
-
-- ``{base_url}user/...``: the stopped-server handler (:mod:`~hub_resilience.service.stopped`),
-  reached through the proxy route ``Proxy.extra_routes`` installs, so requests for servers that are
-  not running never reach the hub;
-- the culler (:class:`hub_resilience.service.culler.Culler`), running in this process's event loop
-  with the service's token (``JUPYTERHUB_API_URL`` / ``JUPYTERHUB_API_TOKEN``, set by the hub);
-- ``/metrics`` (Prometheus: the handler's, the culler's and the hub API client's metrics) and
-  ``/health`` (JSON; 200 while serving), for Prometheus and probes, directly on its port.
-
-Surviving the hub: the handler never calls the hub, and the culler treats an unreachable hub
-as a failed cycle and tries again next period, so a hub restart underneath the service costs
-nothing. When the hub process that started it dies without stopping it (``--watch-parent``),
-the service carries on answering stopped-server requests (the hub is down: nobody else
-would), pauses its culler, and exits as soon as a new hub's service answers on the same port
-(the listening socket uses ``SO_REUSEPORT``, so both can listen meanwhile) or after
-``orphan_timeout``. A new hub therefore never fails to start its service on a taken port.
-
-Run it with ``python -m hub_resilience.service`` (:mod:`hub_resilience.service.commands`);
-``configure()`` writes that command line for the hub.
+Why one process: operators switch on one thing (``configure(c)`` starts it as a managed
+service), and it must outlive a hub that restarts or dies under it. What it serves, how it
+survives the hub and how to run it are in docs/service.md.
 """
 from __future__ import annotations
 

@@ -1,30 +1,9 @@
 """The idle culler: stops idle servers (and optionally deletes idle users) without falling over.
 
-A drop-in replacement for ``jupyterhub-idle-culler`` (same options, same command-line flags,
-run as a JupyterHub service with ``JUPYTERHUB_API_URL`` / ``JUPYTERHUB_API_TOKEN``) that
-fixes what made the stock culler fail during a launch spike:
-
-- **It never exits on an error.** Every hub answer the culler can meet is an outcome: 202
-  (slow to stop) is followed up until the server is gone; 400 ("already stopping") and 404
-  (already gone) are logged at info; 429 pauses every request of the cycle for the hub's
-  ``Retry-After`` (see :mod:`hub_resilience.hubclient`); 5xx is retried with backoff and
-  then the item is left for the next cycle; malformed JSON skips that user or page with an
-  error log. A cycle that fails anyway is logged and the next one runs on schedule.
-- **Memory does not grow with the number of users.** Users are listed and handled one page
-  at a time (``api_page_size``), with a few requests in flight (``concurrency``).
-- **A user who came back is not culled.** A decision taken on a page older than
-  ``recheck_after`` seconds is confirmed with a fresh model just before the stop.
-- **A user is never deleted while one of their servers is still stopping**: deletion is
-  only attempted once every server is confirmed stopped, and the user's model is fetched
-  again right before the ``DELETE``.
-- **Cycles never overlap**, and one that runs past its period is reported (log and metric).
-
-Paging through ``state=active`` while stopping servers shrinks the listing behind the cursor;
-the culler steps the next offset back by the number of users it removed and skips names it
-already saw, so no user is skipped (see
-:func:`hub_resilience.service.cull_policy.next_page_offset`).
-
-Run it standalone with ``hub-resilience cull`` (:mod:`hub_resilience.service.commands`).
+A drop-in replacement for ``jupyterhub-idle-culler`` (same options and flags) that fixes what
+made the stock culler fail during a launch spike: it never exits on an error, pages through
+users with bounded memory, re-checks stale decisions and never deletes a user whose server
+is still stopping. docs/culler.md has the guarantees, the options and how to run it.
 """
 from __future__ import annotations
 

@@ -1,27 +1,9 @@
 """The stopped-server handler: answer requests for servers that are not running, without the hub.
 
-Why: when a user's server stops (culled, deleted pod, crashed), its proxy route goes away,
-but the browser tabs open on it keep polling (kernels, sessions, contents, terminals,
-websockets). Each of those requests then falls through the proxy's default route to the hub,
-which redirects it and looks the user up in its database: an order of magnitude more
-requests than normal, and during the incident the hub locked up. A route for ``{base_url}user/``
-pointing here catches them instead; the route of every running server is more specific, so
-it still wins.
-
-What JupyterHub's own ``UserUrlHandler`` would answer, we answer, with no call to the hub:
-
-- a websocket upgrade, a non-GET request, an ``X-Requested-With: XMLHttpRequest`` request, a
-  path with an ``api`` segment or an ``Accept`` preferring JSON: the hub's status for a
-  stopped server (424, 503 with ``use_legacy_stopped_server_status_code``, or 404 if so
-  configured) and a small JSON body with the hub's message;
-- a browser navigation: a small static page saying the server is not running, with a link
-  to start it at ``{base_url}hub/spawn/<user>[/<server>]`` (and back to where the user was);
-- a sub-resource (a script, an image...): the same status with a plain-text body.
-
-Every answer has ``Cache-Control: no-store`` and is counted in
-``hub_resilience_stopped_server_responses_total{kind, status}``.
-
-The decision (:func:`decide`) is pure; :class:`StoppedServerHandler` is the tornado adapter.
+Why: tabs left open on a stopped server keep polling it, and through the proxy's default
+route those requests land on the hub, which locked up under them in the incident. The
+decision (:func:`decide`) is pure; :class:`StoppedServerHandler` is the tornado adapter.
+What each request gets is in docs/service.md ("The stopped-server handler").
 """
 from __future__ import annotations
 

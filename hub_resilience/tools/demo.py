@@ -1,21 +1,9 @@
 """``hub-resilience demo``: a small workshop on a local hub with hub-resilience switched on.
 
 The README's main command, so that anyone can see what the package does on their own machine
-with nothing to set up: it starts a real JupyterHub and its real configurable-http-proxy on
-loopback, switched on with :func:`hub_resilience.configure` (the resilience service with the
-stopped-server handler, the culler and its ``/metrics``, tuned activity intervals, a
-``concurrent_spawn_limit``), with lightweight simulated single-user servers
-(:class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner`). Then a workshop happens
-(:mod:`hub_resilience.tools.simulate`): by default 200 students click "Start" at the same moment,
-the hub throttles them and they wait out its 429s, each works for a little while (activity
-reports), stops their server and leaves a browser tab polling it, which the stopped-server
-handler answers instead of the hub. The report says how long everyone waited and what the
-hub had to serve; then everything is stopped and removed.
-
-``--kubernetes`` runs the same workshop with :class:`hub_resilience.hub.spawner.
-ResilientKubeSpawner` against the local Kubernetes control plane of ``tests/k8s`` (started
-from the repository checkout; kube-apiserver, kube-scheduler and etcd are real, the kubelets
-are KWOK's), or against a cluster given with ``--kubeconfig``.
+with nothing to set up: a real local hub switched on with :func:`hub_resilience.configure`,
+simulated servers, a workshop of students arriving at once, a report, then everything
+removed (``--kubernetes``: on a local control plane). See docs/benchmarks.md.
 """
 from __future__ import annotations
 

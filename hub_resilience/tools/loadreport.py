@@ -1,21 +1,9 @@
 """The arithmetic of a load rehearsal: when users arrive, and what the run amounts to.
 
-Pure functions and data, no I/O, so that the simulator (:mod:`hub_resilience.tools.simulate`), the
-demo and the benchmarks share one definition of every figure they print, and the figures
-can be tested without a hub:
-
-- **Arrival schedules.** A workshop starts with everyone clicking at once (``burst``); a
-  course spreads its students out (``steady``, a fixed rate); a big event fills up faster and
-  faster as the start time nears (``ramp``: the arrival rate grows linearly from zero, so the
-  i-th of n users arrives at ``ramp_seconds * sqrt(i / n)``).
-- **Percentiles** by linear interpolation between closest ranks (the method NumPy and most
-  spreadsheets use by default), so p50 of two values is their mean and p100 is the maximum.
-- **What the hub served**, read from the hub's own Prometheus text
-  (``jupyterhub_request_duration_seconds_count`` by handler and status code, and the
-  process's ``process_cpu_seconds_total``), as the difference between a scrape before and one
-  after the run, leaving out the scrapes themselves.
-- **The report**: time to ready p50/p90/p99/max, 429s absorbed, failures by reason, requests
-  the hub served; as text for people and as a dict (JSON) for machines.
+Pure functions and data, no I/O, so that the simulator (:mod:`hub_resilience.tools.simulate`),
+the demo and the benchmarks share one definition of every figure they print (arrival
+schedules, percentiles, what the hub served, the report), and the figures can be tested
+without a hub. The definitions are in docs/benchmarks.md ("The figures").
 """
 from __future__ import annotations
 

@@ -1,27 +1,9 @@
 """Run a real JupyterHub with its real configurable-http-proxy on this machine, on loopback.
 
 The demo, the benchmarks and the integration tests all need the same thing: a throwaway hub
-that is the real program (its API, its spawn throttling, its database, its proxy), started in
-seconds, reachable only from this machine, and gone without a trace afterwards. Usage::
-
-    async with local_hub('c.JupyterHub.concurrent_spawn_limit = 20') as hub:
-        async with hub.client() as client:
-            await client.create_users(["alice"])
-            await client.start_server_and_wait("alice")
-
-Both run as subprocesses on free loopback ports, in a temporary directory holding the config,
-the sqlite database and the logs. The hub uses :class:`hub_resilience.tools.simulated_spawner.
-SimulatedSpawner` (one loopback responder stands in for every single-user server) and a dummy
-authenticator; the caller's config text is appended to the base config, so it can override
-anything. To add roles or services, append to ``c.JupyterHub.load_roles`` and
-``c.JupyterHub.services`` rather than replacing them: the base config defines the admin
-token's service there.
-
-The proxy is started by us, not by the hub (``should_start = False``), and the hub leaves
-servers and routes in place when it exits (``cleanup_servers = cleanup_proxy = False``), so
-:meth:`LocalHub.restart` restarts the hub process alone, as a Kubernetes hub pod restart
-does, and servers are found still running. Each child gets a parent-death signal, so even a
-parent killed with SIGKILL leaves no hub or proxy behind.
+that is the real program, started in seconds, reachable only from this machine, and gone
+without a trace afterwards, whose hub process can be restarted alone. Usage, the base config
+and its guarantees are in docs/benchmarks.md ("The local hub").
 """
 from __future__ import annotations
 

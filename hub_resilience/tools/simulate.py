@@ -1,25 +1,9 @@
 """``hub-resilience simulate``: rehearse an event by driving simulated users against a hub.
 
-Operators want to know, before the workshop, what 300 students clicking "Start" at 9:00 will
-do to their hub. This command plays those students against any hub URL with an admin token:
-
-1. creates the users (``<prefix>0001``...; pick a prefix no real user has);
-2. lets them arrive in a pattern (all at once, at a steady rate, or ramping up; see
-   :func:`hub_resilience.tools.loadreport.arrival_offsets`);
-3. each user starts their server through the same overload-safe client this package uses
-   everywhere (:class:`hub_resilience.hubclient.HubClient`: 429s are waited out as the hub's
-   ``Retry-After`` says, with jitter) and waits until it is ready; ``--client immediate``
-   instead retries a refused spawn at once, as an impatient user or a naive script would,
-   to show what that costs the hub;
-4. optionally keeps the server for a while posting activity, then stops it and keeps the
-   browser tab polling the stopped server, as JupyterLab does;
-5. reads the hub's own ``/hub/metrics`` before and after, and reports time to ready
-   (p50/p90/p99/max), 429s absorbed, failures by reason and what the hub served;
-6. stops the servers and deletes the users it created (unless ``--keep``).
-
-The run itself is :class:`Simulation` (I/O only); every figure is computed by
-:mod:`hub_resilience.tools.loadreport`. Each user has its own client, as each student has their own
-browser: one user's 429 does not hold back the others.
+Operators want to know, before the workshop, what hundreds of students clicking "Start" at
+once will do to their hub. The run is :class:`Simulation` (I/O only, one client per user);
+every figure is computed by :mod:`hub_resilience.tools.loadreport`. What it does step by step
+is in docs/benchmarks.md; when to use it, in docs/runbook.md.
 """
 from __future__ import annotations
 

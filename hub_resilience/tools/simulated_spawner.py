@@ -1,18 +1,9 @@
 """A lightweight stand-in for single-user servers: tests, the local demo, load rehearsals.
 
-Starting hundreds of real ``jupyterhub-singleuser`` processes is impossible on a laptop or a
-two-core CI runner, yet the culler, the resilience service and the demo need a hub with
-hundreds of servers that JupyterHub believes are real: started through its spawn machinery,
-checked for readiness over HTTP, routed by the real proxy, polled, stopped. So every
-:class:`SimulatedSpawner` of a hub points at one shared *responder*, a tiny HTTP server
-(``python -m hub_resilience.tools.simulated_spawner --port P``) bound to 127.0.0.1, which
-answers any path with 200 (and a small JSON for ``.../api``, the hub's readiness probe).
-The responder is started lazily by the first spawn, watches its parent and exits with the
-hub, and is terminated and reaped at hub exit, so no process outlives a test.
-
-Start and stop take a configurable simulated time, a share of starts can be made to fail,
-and the state saved in the hub database lets a restarted hub find its servers running again
-(the new hub process starts a responder on the remembered port).
+Hundreds of real ``jupyterhub-singleuser`` processes do not fit on a laptop or a two-core
+CI runner, so every :class:`SimulatedSpawner` of a hub points at one shared loopback
+responder that JupyterHub takes for real servers. How the responder lives and dies, and what
+can be simulated, is in docs/benchmarks.md ("Simulated servers").
 """
 from __future__ import annotations
 
