@@ -124,11 +124,25 @@ def is_wildcard(ip: str) -> bool:
 
 
 def default_service_ip(facts: HubFacts) -> str:
-    """Listen where the hub listens: everywhere when it does (the proxy is in another pod)."""
+    """Listen where the hub listens: everywhere when it does (the proxy is in another pod),
+    as "" (every interface of every address family, so an IPv6-only cluster works too)."""
     for candidate in (facts.hub_bind_host, facts.hub_ip):
         if candidate is not None:
-            return "0.0.0.0" if candidate in ("", "0.0.0.0") else candidate
+            return candidate
     return "127.0.0.1"  # JupyterHub's default hub_ip
+
+
+def hub_api_url_beside_the_hub(facts: HubFacts) -> str:
+    """The hub's API as a process beside the hub (same pod) reaches it: over loopback when
+    the hub listens everywhere, never through the hub's Service, which z2jh's network
+    policy closes to the hub pod itself (z2jh's own culler uses localhost for this)."""
+    host = facts.hub_bind_host if facts.hub_bind_host is not None else facts.hub_ip
+    if host is None:
+        host = "127.0.0.1"  # JupyterHub's default hub_ip
+    elif is_wildcard(host):
+        host = "localhost"
+    base_url = normalize_base_url(facts.base_url)
+    return f"http://{_url_host(host)}:{facts.hub_port}{base_url}hub/api"
 
 
 def default_proxy_target_host(facts: HubFacts, service_ip: str) -> str:
@@ -186,6 +200,7 @@ def service_command(
     base_url: str,
     stopped_status: int,
     named_servers: bool,
+    hub_api_url: str,
     python: str,
 ) -> list[str]:
     """The managed service's command line: ``python -m hub_resilience.service`` with every
@@ -205,6 +220,7 @@ def service_command(
     # The Application's log_level takes logging's numbers (its names lack "WARNING").
     command.append(f"--ServiceApp.log_level={logging.getLevelName(settings.log_level.upper())}")
     if settings.cull:
+        command.append(f"--Culler.api_url={hub_api_url}")
         command += [f"--Culler.{k}={format_trait_value(v)}" for k, v in culler.settings.items()]
     return command
 
@@ -314,7 +330,8 @@ def plan_wiring(
     if run_service:
         command = service_command(
             settings, culler, ip=service_ip, base_url=base_url,
-            stopped_status=stopped_status, named_servers=named, python=python,
+            stopped_status=stopped_status, named_servers=named,
+            hub_api_url=hub_api_url_beside_the_hub(facts), python=python,
         )
         service = {"name": settings.service_name, "command": command, "display": False}
         if settings.api_token:

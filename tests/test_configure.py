@@ -126,7 +126,7 @@ def test_defaults_for_a_plain_local_hub() -> None:
             "--ResilienceService.base_url=/", "--ResilienceService.stopped_status=424",
             "--ResilienceService.named_servers=False", "--ResilienceService.stopped_handler=True",
             "--ResilienceService.cull=True", "--ResilienceService.watch_parent=True",
-            "--ServiceApp.log_level=20",
+            "--ServiceApp.log_level=20", "--Culler.api_url=http://127.0.0.1:8081/hub/api",
         ],
     }
     assert wiring.role is not None
@@ -137,10 +137,13 @@ def test_defaults_for_a_plain_local_hub() -> None:
 
 def test_z2jh_hub_listens_everywhere_and_the_proxy_reaches_the_hub_service() -> None:
     wiring = plan(read_hub_facts(z2jh_config()))
-    assert wiring.service_ip == "0.0.0.0"
+    assert wiring.service_ip == ""  # every interface, IPv4 and IPv6
     assert wiring.route_target == "http://hub:8181"
     assert wiring.service_url == "http://127.0.0.1:8181"
-    assert flag(wiring.command, "ResilienceService.ip") == "0.0.0.0"
+    assert flag(wiring.command, "ResilienceService.ip") == ""
+    # The culler reaches the hub over loopback, not through the hub Service, which z2jh's
+    # network policy does not open to the hub pod itself.
+    assert flag(wiring.command, "Culler.api_url") == "http://localhost:8081/hub/api"
 
 
 def test_base_url_named_servers_and_legacy_status_follow_the_hub() -> None:
@@ -152,6 +155,7 @@ def test_base_url_named_servers_and_legacy_status_follow_the_hub() -> None:
     assert flag(command, "ResilienceService.base_url") == "/jh/"
     assert flag(command, "ResilienceService.named_servers") == "True"
     assert flag(command, "ResilienceService.stopped_status") == "503"
+    assert flag(command, "Culler.api_url") == "http://127.0.0.1:8081/jh/hub/api"
     assert plan(facts, named_servers=False).named_servers is False
     assert plan(facts, stopped_status=404).stopped_status == 404
 
@@ -181,7 +185,8 @@ def test_cull_users_adds_only_the_scopes_deletion_needs() -> None:
     assert "admin:users" not in wiring.role["scopes"]
     options = [part for part in wiring.command if part.startswith("--Culler.")]
     assert options == [
-        "--Culler.cull_users=True", "--Culler.max_age=7200", "--Culler.recheck_after=5"
+        "--Culler.api_url=http://127.0.0.1:8081/hub/api",
+        "--Culler.cull_users=True", "--Culler.max_age=7200", "--Culler.recheck_after=5",
     ]
 
 
@@ -405,7 +410,7 @@ def test_the_service_reads_the_command_configure_writes() -> None:
     app = ServiceApp()
     app.parse_command_line(wiring.command[3:])
     assert dict(app.config.ResilienceService) == {
-        "ip": "0.0.0.0", "port": 8181, "base_url": "/", "stopped_status": 424,
+        "ip": "", "port": 8181, "base_url": "/", "stopped_status": 424,
         "named_servers": False, "stopped_handler": True, "cull": True, "watch_parent": True,
     }
     culler = Culler(config=app.config, api_url="http://unused", api_token="unused")

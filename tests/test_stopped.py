@@ -290,3 +290,12 @@ async def test_handler_off_leaves_only_health_and_metrics() -> None:
         base = f"http://127.0.0.1:{running.port}"
         assert (await fetch(f"{base}/user/alice/api")).code == 404
         assert (await fetch(f"{base}/health")).code == 200
+
+
+async def test_listening_everywhere_answers_on_ipv4_and_ipv6() -> None:
+    """ip "" (what configure() gives a hub that listens everywhere, as in z2jh) binds every
+    address family, so the service works on an IPv6-only cluster too. Loopback only here."""
+    async with running_service(ip="") as everywhere:
+        for host in ("127.0.0.1", "[::1]"):
+            response = await fetch(f"http://{host}:{everywhere.port}/user/alice/api/status")
+            assert response.code == 424, host

@@ -87,6 +87,8 @@ async def test_a_z2jh_hub_is_wired_as_its_values_say(
         command = ours["command"]
         assert f"--ResilienceService.port={port}" in command
         assert "--Culler.timeout=7200" in command and "--Culler.concurrency=3" in command
+        # Over loopback, as the hub listens (the harness binds the hub to 127.0.0.1).
+        assert f"--Culler.api_url={hub.api_url}" in command
         assert ours["roles"] == ["hub-resilience"]
 
         service_url = f"http://127.0.0.1:{port}"

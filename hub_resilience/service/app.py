@@ -45,7 +45,8 @@ class ResilienceService(LoggingConfigurable):
 
     ip = Unicode(
         "127.0.0.1",
-        help="Address to listen on; 0.0.0.0 in a hub pod, so the proxy pod can connect.",
+        help='Address to listen on; "" (every interface, IPv4 and IPv6) in a hub pod, so '
+        "the proxy pod can connect.",
     ).tag(config=True)
 
     port = Integer(8181, help="Port to listen on (the proxy's /user/ route targets it).").tag(
