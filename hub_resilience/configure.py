@@ -101,6 +101,7 @@ class Wiring:
     spawner_class: str | None
     concurrent_spawn_limit: int | None
     active_server_limit: int | None
+    spawn_throttle_retry_range: tuple[int, int] | None
 
     @property
     def command(self) -> list[str] | None:
@@ -356,6 +357,10 @@ def plan_wiring(
         spawner_class=settings.spawner_class,
         concurrent_spawn_limit=settings.concurrent_spawn_limit,
         active_server_limit=settings.active_server_limit,
+        spawn_throttle_retry_range=(
+            None if settings.spawn_throttle_retry_range is None
+            else (settings.spawn_throttle_retry_range[0], settings.spawn_throttle_retry_range[1])
+        ),
     )
 
 
@@ -506,6 +511,12 @@ def apply_wiring(c: Config, wiring: Wiring) -> None:
         hub.concurrent_spawn_limit = wiring.concurrent_spawn_limit
     if wiring.active_server_limit is not None:
         hub.active_server_limit = wiring.active_server_limit
+    if wiring.spawn_throttle_retry_range is not None:
+        # A copy with the range added: JupyterHub reads it only from tornado_settings, and
+        # replacing the dict would drop what is already there (z2jh's slow_spawn_timeout).
+        tornado = dict(_items(hub, "tornado_settings", {}))
+        tornado["spawn_throttle_retry_range"] = wiring.spawn_throttle_retry_range
+        hub.tornado_settings = tornado
     if wiring.service is not None:
         _append(hub, "services", wiring.service)
     if wiring.role is not None:

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import math
 
-from traitlets import Bool, Bunch, CaselessStrEnum, Float, Integer, TraitError, Unicode, validate
+from traitlets import (
+    Bool,
+    Bunch,
+    CaselessStrEnum,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    validate,
+)
 from traitlets.config import Configurable
 
 from hub_resilience.hub.activity import (
@@ -148,6 +158,20 @@ class HubResilience(Configurable):
         config=True,
         help="JupyterHub.active_server_limit to set (0: unlimited); None leaves it as is.",
     )
+    spawn_throttle_retry_range = List(
+        Integer(),
+        default_value=None,
+        allow_none=True,
+        minlen=2,
+        maxlen=2,
+        config=True,
+        help="""
+        [low, high]: the seconds the hub's 429 for concurrent_spawn_limit tells a user to
+        wait (a random value between the two), merged into JupyterHub.tornado_settings,
+        the only place JupyterHub reads it (keeping z2jh's slow_spawn_timeout there);
+        None leaves JupyterHub's (30, 60).
+        """,
+    )
     log_level = CaselessStrEnum(
         list(LOG_LEVELS), "INFO", config=True, help="Log level of the service process."
     )
@@ -223,6 +247,16 @@ class HubResilience(Configurable):
                 f"None, got {proposal.value}"
             )
         return proposal.value
+
+    @validate("spawn_throttle_retry_range")
+    def _valid_retry_range(self, proposal: Bunch) -> list[int] | None:
+        value = proposal.value
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise TraitError(
+                "HubResilience.spawn_throttle_retry_range must be [low, high] seconds with "
+                f"0 < low <= high, got {value!r}"
+            )
+        return value
 
     def activity_settings(self) -> ActivitySettings:
         """The tuned activity intervals for this hub's size and budget (the validators

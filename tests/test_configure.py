@@ -322,6 +322,21 @@ def test_nothing_is_written_when_refused() -> None:
     assert c == before
 
 
+def test_retry_range_is_merged_into_the_tornado_settings_jupyterhub_reads() -> None:
+    from jupyterhub.app import JupyterHub
+
+    c = z2jh_config()
+    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}  # as z2jh sets it
+    c.HubResilience.spawn_throttle_retry_range = [5, 15]
+    configure(c)
+    app = JupyterHub(config=c)
+    assert app.tornado_settings == {
+        "slow_spawn_timeout": 0, "spawn_throttle_retry_range": (5, 15),
+    }
+    with pytest.raises(ConfigurationError, match="0 < low <= high"):
+        configure(z2jh_config(), spawn_throttle_retry_range=[20, 10])
+
+
 def test_handler_and_culler_off_means_no_service() -> None:
     c = Config()
     wiring = configure(c, stopped_handler=False, cull=False, concurrent_spawn_limit=20)

@@ -3,8 +3,8 @@
 JupyterHub 5.x records a spawn refused by ``concurrent_spawn_limit`` or ``active_server_limit``
 as the ``status`` of its spawn-duration histogram ("throttled", "too-many-users"); JupyterHub
 6 as ``status="failure"`` with that word as its ``reason``. ``hub_resilience_spawn_outcomes``
-must count both the same way (throttled, over_active_limit), so the test runs in both test
-lanes. Real hub and proxy; the servers are SimulatedSpawner's (the collector reads only
+must count both the same way (throttled, over_active_limit), and the retry range configure()
+merges into ``tornado_settings`` must reach the hub's 429, so the test runs in both lanes. Real hub and proxy; the servers are SimulatedSpawner's (the collector reads only
 JupyterHub's metric, whatever the spawner), and the package's hub metrics are switched on by
 importing the spawner module, as ``spawner_class = "resilient-kubespawner"`` does in a hub.
 """
@@ -14,7 +14,7 @@ import asyncio
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from tests.support.hub import RunningHub, create_users, running_hub
 
@@ -22,21 +22,23 @@ pytestmark = pytest.mark.hub
 
 CONFIG = """
 import hub_resilience.hub.spawner  # noqa: F401 - registers the hub's collectors
-c.JupyterHub.concurrent_spawn_limit = 1
-c.JupyterHub.active_server_limit = 2
+from hub_resilience import configure
 c.SimulatedSpawner.start_delay = 2
 c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}  # as z2jh: answer 202 at once
+configure(
+    c, spawner_class=None, stopped_handler=False, cull=False,
+    concurrent_spawn_limit=1, active_server_limit=2, spawn_throttle_retry_range=[2, 3],
+)
 """
 
 
-async def post_spawn(hub: RunningHub, name: str) -> int:
+async def post_spawn(hub: RunningHub, name: str) -> HTTPResponse:
     """The hub's answer to one spawn request, not retried (HubClient would retry a 429)."""
     request = HTTPRequest(
         f"{hub.api_url}/users/{name}/server", method="POST", body="",
         headers={"Authorization": f"token {hub.token}"}, request_timeout=30,
     )
-    response = await AsyncHTTPClient().fetch(request, raise_error=False)
-    return response.code
+    return await AsyncHTTPClient().fetch(request, raise_error=False)
 
 
 async def outcomes(hub: RunningHub) -> dict[str, float]:
@@ -68,12 +70,15 @@ async def test_refusals_are_counted_as_refusals_not_failures() -> None:
                 await asyncio.sleep(0.1)
             raise AssertionError(f"{name}'s server never became ready")
 
-        assert await post_spawn(hub, "first") == 202  # pending for start_delay
-        assert await post_spawn(hub, "second") == 429  # concurrent_spawn_limit 1
+        assert (await post_spawn(hub, "first")).code == 202  # pending for start_delay
+        throttled = await post_spawn(hub, "second")  # concurrent_spawn_limit 1
+        assert throttled.code == 429
+        # The retry range configure() merged into tornado_settings is what the hub suggests.
+        assert 2 <= int(throttled.headers["Retry-After"]) <= 3, throttled.headers
         await ready("first")
-        assert await post_spawn(hub, "second") == 202
+        assert (await post_spawn(hub, "second")).code == 202
         await ready("second")
-        assert await post_spawn(hub, "third") == 429  # active_server_limit 2
+        assert (await post_spawn(hub, "third")).code == 429  # active_server_limit 2
         after = await outcomes(hub)
         log = hub.log_text()
     assert "Traceback" not in log, log[-3000:]
