@@ -3,8 +3,9 @@
 JupyterHub 5.x records a spawn refused by ``concurrent_spawn_limit`` or ``active_server_limit``
 as the ``status`` of its spawn-duration histogram ("throttled", "too-many-users"); JupyterHub
 6 as ``status="failure"`` with that word as its ``reason``. ``hub_resilience_spawn_outcomes``
-must count both the same way (throttled, over_active_limit), and the retry range configure()
-merges into ``tornado_settings`` must reach the hub's 429, so the test runs in both lanes. Real hub and proxy; the servers are SimulatedSpawner's (the collector reads only
+must count both the same way (throttled, over_active_limit), and the retry range
+configure() merges into ``tornado_settings`` must reach the hub's 429, so the test runs in
+both lanes. Real hub and proxy; the servers are SimulatedSpawner's (the collector reads only
 JupyterHub's metric, whatever the spawner), and the package's hub metrics are switched on by
 importing the spawner module, as ``spawner_class = "resilient-kubespawner"`` does in a hub.
 """
