@@ -63,9 +63,15 @@ def test_service_port_is_the_same_everywhere() -> None:
     port = values["hub"]["config"]["HubResilience"]["service_port"]
     [service_port] = values["hub"]["service"]["extraPorts"]
     assert (service_port["port"], service_port["targetPort"]) == (port, port)
-    [ingress] = values["hub"]["networkPolicy"]["ingress"]
-    assert ingress["ports"] == [{"port": port, "protocol": "TCP"}]
-    assert ingress["from"] == [{"podSelector": {"matchLabels": {"component": "proxy"}}}]
+    # The service's port is open to the proxy and to Prometheus, and to nothing else.
+    proxy, prometheus = values["hub"]["networkPolicy"]["ingress"]
+    assert proxy["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert proxy["from"] == [{"podSelector": {"matchLabels": {"component": "proxy"}}}]
+    assert {"port": port, "protocol": "TCP"} in prometheus["ports"]
+    assert prometheus["from"] == [{
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }]
     [egress] = values["proxy"]["chp"]["networkPolicy"]["egress"]
     assert egress["ports"] == [{"port": port, "protocol": "TCP"}]
     assert egress["to"] == [{"podSelector": {"matchLabels": {"component": "hub"}}}]
@@ -85,12 +91,16 @@ def test_stock_culler_off_guarantees_equal_limits_placeholders_and_prepuller() -
         assert values["prePuller"]["continuous"]["enabled"] is True
 
 
-def test_spawn_limits_and_activity_sizing_agree() -> None:
-    for values in (load(BASE), installed()):
-        hub = values["hub"]
-        expected = hub["config"]["HubResilience"]["expected_concurrent_servers"]
-        assert 0 < hub["concurrentSpawnLimit"] < hub["activeServerLimit"]
-        assert expected <= hub["activeServerLimit"]
+def test_spawn_limits_come_only_from_the_event_overlay() -> None:
+    # The base values leave the hub's limits as the operator has them (a hub running more
+    # servers than a shipped limit would refuse spawns on install); the event overlay, sized
+    # with `hub-resilience plan`, sets them.
+    assert "concurrentSpawnLimit" not in load(BASE)["hub"]
+    assert "activeServerLimit" not in load(BASE)["hub"]
+    hub = installed()["hub"]
+    expected = hub["config"]["HubResilience"]["expected_concurrent_servers"]
+    assert 0 < hub["concurrentSpawnLimit"] < hub["activeServerLimit"]
+    assert expected <= hub["activeServerLimit"]
     assert installed()["scheduling"]["userPlaceholder"]["replicas"] > (
         load(BASE)["scheduling"]["userPlaceholder"]["replicas"]
     )
