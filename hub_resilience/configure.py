@@ -102,10 +102,13 @@ class Wiring:
     concurrent_spawn_limit: int | None
     active_server_limit: int | None
     spawn_throttle_retry_range: tuple[int, int] | None
-
-    @property
-    def command(self) -> list[str] | None:
-        return None if self.service is None else list(self.service["command"])
+    command: list[str] | None = None
+    """The service's command line (in the service entry in "managed" mode; what the sidecar
+    runs in "container" mode)."""
+    service_mode: str = "managed"
+    adopted_service: bool = False
+    """In "container" mode: the service entry is the one already declared (z2jh's
+    hub.services, with the token the chart keeps in its Secret), not a new one."""
 
 
 # -- the plan (pure) ------------------------------------------------------------------------
@@ -202,6 +205,7 @@ def service_command(
     stopped_status: int,
     named_servers: bool,
     hub_api_url: str,
+    watch_parent: bool,
     python: str,
 ) -> list[str]:
     """The managed service's command line: ``python -m hub_resilience.service`` with every
@@ -214,7 +218,7 @@ def service_command(
         "named_servers": named_servers,
         "stopped_handler": settings.stopped_handler,
         "cull": settings.cull,
-        "watch_parent": True,
+        "watch_parent": watch_parent,
     }
     command = [python, "-m", "hub_resilience.service"]
     command += [f"--ResilienceService.{k}={format_trait_value(v)}" for k, v in service.items()]
@@ -253,7 +257,8 @@ def _check_existing(settings: HubResilience, facts: HubFacts) -> None:
     for spec in facts.services:
         name = spec.get("name")
         command = " ".join(str(part) for part in spec.get("command") or ())
-        if name == settings.service_name:
+        declared_for_container = settings.service_mode == "container" and not command
+        if name == settings.service_name and not declared_for_container:
             raise ConfigurationError(
                 f"JupyterHub.services already has a service named {name!r} "
                 "(configure() called twice?); set another HubResilience.service_name"
@@ -327,15 +332,27 @@ def plan_wiring(
                 f"stopped-server route?); remove it, the service takes over at {target}"
             )
 
-    service = role = None
+    service = role = command = None
+    container = settings.service_mode == "container"
+    declared = next((s for s in facts.services if s.get("name") == settings.service_name), None)
     if run_service:
         command = service_command(
             settings, culler, ip=service_ip, base_url=base_url,
             stopped_status=stopped_status, named_servers=named,
-            hub_api_url=hub_api_url_beside_the_hub(facts), python=python,
+            hub_api_url=hub_api_url_beside_the_hub(facts), watch_parent=not container,
+            python=python,
         )
-        service = {"name": settings.service_name, "command": command, "display": False}
-        if settings.api_token:
+        if container and not (settings.api_token or (declared or {}).get("api_token")):
+            raise ConfigurationError(
+                'HubResilience.service_mode "container" needs a token the hub and the '
+                f"container share: declare the service (z2jh: hub.services.{settings.service_name}"
+                ": {} makes the chart generate one) or set HubResilience.api_token"
+            )
+        if container and declared is None:
+            service = {"name": settings.service_name, "display": False}
+        elif not container:
+            service = {"name": settings.service_name, "command": command, "display": False}
+        if service is not None and settings.api_token:
             service["api_token"] = settings.api_token
         if settings.cull:
             role = {
@@ -361,6 +378,9 @@ def plan_wiring(
             None if settings.spawn_throttle_retry_range is None
             else (settings.spawn_throttle_retry_range[0], settings.spawn_throttle_retry_range[1])
         ),
+        command=command,
+        service_mode=settings.service_mode,
+        adopted_service=run_service and container and declared is not None,
     )
 
 
@@ -562,6 +582,15 @@ def resolve_settings(c: Config, options: Mapping[str, Any]) -> HubResilience:
         raise ConfigurationError(str(e)) from None
 
 
+_last_wiring: list[Wiring] = []
+
+
+def last_wiring() -> Wiring | None:
+    """What the last :func:`configure` call in this process wired: the sidecar
+    (hub_resilience.service.sidecar) runs the hub's config file and starts its command."""
+    return _last_wiring[-1] if _last_wiring else None
+
+
 def configure(c: Config, **options: Any) -> Wiring | None:
     """Wire hub-resilience into the JupyterHub config object ``c``; returns what was wired,
     or None when ``HubResilience.enabled`` is False.
@@ -580,10 +609,12 @@ def configure(c: Config, **options: Any) -> Wiring | None:
     for name, value in options.items():
         c.HubResilience[name] = value
     apply_wiring(c, wiring)
+    _last_wiring[:] = [wiring]
+    where = "in its own container" if settings.service_mode == "container" else "by the hub"
     print(
         "hub-resilience: configured "
         + (f"service {settings.service_name} on {wiring.service_ip}:"
-           f"{settings.service_port}" if wiring.service else "without the service")
+           f"{settings.service_port}, run {where}" if wiring.command else "without the service")
         + (f", route {wiring.routespec} -> {wiring.route_target}" if wiring.routespec else "")
     )
     return wiring

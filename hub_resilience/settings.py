@@ -93,6 +93,18 @@ class HubResilience(Configurable):
         config=True,
         help="The service's API token; None lets the hub generate one at each start.",
     )
+    service_mode = CaselessStrEnum(
+        ["managed", "container"],
+        "managed",
+        config=True,
+        help="""
+        How the service runs. "managed": the hub starts it as a managed service, in the hub
+        container (sharing its CPU). "container": its own container in the hub pod
+        (hub.extraContainers running `python3 -m hub_resilience.service.sidecar`, with
+        its own Guaranteed CPU and memory), registered with the hub as an external service
+        with a token (z2jh: hub.services.<service_name>: {}); docs/service.md.
+        """,
+    )
     stopped_handler = Bool(
         True,
         config=True,

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VALUES_DIR = ROOT / "helm-values"
 BASE = VALUES_DIR / "hub-resilience.yaml"
 EVENT = VALUES_DIR / "event.yaml"
+SIDECAR = VALUES_DIR / "hub-resilience-sidecar.yaml"
 DROPIN = ROOT / "jupyterhub_config.d" / "hub_resilience.py"
 CONFIG_D = "/usr/local/etc/jupyterhub/jupyterhub_config.d/"
 
@@ -33,7 +34,7 @@ def installed() -> dict[str, Any]:
 
 def test_the_values_files_are_the_expected_ones() -> None:
     names = sorted(p.name for p in VALUES_DIR.glob("*.yaml"))
-    assert names == ["event.yaml", "hub-resilience.yaml"]
+    assert names == ["event.yaml", "hub-resilience-sidecar.yaml", "hub-resilience.yaml"]
 
 
 @pytest.mark.parametrize("path", sorted(VALUES_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -124,3 +125,57 @@ def test_z2jh_wires_what_the_values_say(which: str, tmp_path: Path) -> None:
     )
     assert c.JupyterHub.last_activity_interval == settings.activity_settings().hub_interval
     assert c.ResilientKubeSpawner.qos_default_cpu == ours["ResilientKubeSpawner"]["qos_default_cpu"]
+
+
+def released_schema_errors(values: dict[str, Any]) -> list[str]:
+    """Errors of ``values`` (merged into 4.4.0's defaults) against 4.4.0's own schema."""
+    import jsonschema
+
+    from tests.z2jh_hub import released_chart
+
+    schema = yaml.safe_load((released_chart() / "values.schema.yaml").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    return sorted(e.message for e in validator.iter_errors(released_values(values)))
+
+
+@pytest.mark.parametrize(
+    "files", [[BASE], [BASE, EVENT], [BASE, SIDECAR], [BASE, EVENT, SIDECAR]],
+    ids=lambda files: "+".join(f.stem for f in files),
+)
+def test_values_validate_against_the_released_chart_schema_too(files: list[Path]) -> None:
+    values: dict[str, Any] = {}
+    for path in files:
+        values = merge_values(values, load(path))
+    validate_values_overlay(values)  # the main-branch schema
+    assert released_schema_errors(values) == []
+    assert released_schema_errors({"hub": {"extraContainers": "not a list"}})  # it can fail
+
+
+def test_the_sidecar_values_wire_the_service_in_its_own_container(tmp_path: Path) -> None:
+    values = merge_values(load(BASE), load(SIDECAR))
+    c = load_config(tmp_path, released_values(values))
+    [service] = [s for s in c.JupyterHub.services if s["name"] == "hub-resilience"]
+    # Registered with the token the chart generated (its Secret), and not started by the hub.
+    assert "command" not in service and len(service["api_token"]) >= 32
+    assert c.Proxy.extra_routes.get_value({}) == {"/user/": "http://hub:8181"}
+    [role] = [r for r in c.JupyterHub.load_roles if r["name"] == "hub-resilience"]
+    assert role["services"] == ["hub-resilience"]
+    [container] = values["hub"]["extraContainers"]
+    assert container["command"] == ["python3", "-m", "hub_resilience.service.sidecar"]
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert {k: parse_quantity(v) for k, v in limits.items()} == {
+        k: parse_quantity(v) for k, v in requests.items()
+    }
+    # The container mounts what the hub container mounts for its configuration, and the
+    # drop-in under the key the base values give it.
+    mounts = {m["mountPath"]: (m["name"], m.get("subPath")) for m in container["volumeMounts"]}
+    [(key, dropin)] = values["hub"]["extraFiles"].items()
+    assert mounts == {
+        "/usr/local/etc/jupyterhub/jupyterhub_config.py": ("config", "jupyterhub_config.py"),
+        "/usr/local/etc/jupyterhub/z2jh.py": ("config", "z2jh.py"),
+        "/usr/local/etc/jupyterhub/config/": ("config", None),
+        "/usr/local/etc/jupyterhub/secret/": ("secret", None),
+        dropin["mountPath"]: ("files", key),
+    }
+    [port] = container["ports"]
+    assert port["containerPort"] == values["hub"]["config"]["HubResilience"]["service_port"]

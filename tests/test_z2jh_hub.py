@@ -12,6 +12,8 @@ own families and none of the other's, valid for promtool. The hub spawns no user
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,48 @@ async def test_a_z2jh_hub_is_wired_as_its_values_say(
     assert "Loading pass-through config section hub.config.HubResilience" in log
     assert "hub-resilience: configured service hub-resilience" in log
     assert "Traceback" not in log, log[-3000:]
+
+
+async def test_the_service_in_its_own_container_serves_the_hub(tmp_path: Path) -> None:
+    """helm-values/hub-resilience-sidecar.yaml: the hub registers the service with the
+    chart's token and does not start it; the sidecar command, run on the same configuration
+    files as a container of the hub pod would, becomes that service, and its culler works
+    with that token (a cycle ends without error)."""
+    import asyncio
+
+    from hub_resilience.tools.localhub import terminate
+
+    port = unused_port()
+    sidecar = yaml.safe_load((ROOT / "helm-values" / "hub-resilience-sidecar.yaml").read_text())
+    values = released_values(operator_values(port), sidecar)
+    config_path = chart_files(tmp_path / "chart", values)
+    async with running_hub(exec_source(config_path, "tests"), env=SERVICE_ENV) as hub:
+        services = json.loads(await get(f"{hub.api_url}/services", hub.token))
+        assert services["hub-resilience"]["command"] == []  # not started by the hub
+        log_path = tmp_path / "sidecar.log"
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hub_resilience.service.sidecar", str(config_path),
+                stdout=log, stderr=log, env={**os.environ, **SERVICE_ENV}, cwd=tmp_path,
+            )
+        try:
+            service_url = f"http://127.0.0.1:{port}"
+            await hub.wait_for_service(f"{service_url}/health")
+            for _ in range(600):
+                health = json.loads(await get(f"{service_url}/health"))
+                if health["culler"]["last_cycle"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert health["culler"]["last_cycle"]["ok"], health
+            assert health["culler"]["timeout"] == 7200
+            metrics = await get(f"{service_url}/metrics")
+            assert 'status="403"' not in metrics and 'status="401"' not in metrics
+            routes = json.loads(await get(f"{hub.proxy_api_url}/api/routes", hub.proxy_token))
+            assert routes["/user"]["target"] == service_url
+        finally:
+            await terminate(process)
+        hub_log = hub.log_text()
+    sidecar_log = log_path.read_text()
+    assert "hub-resilience sidecar: starting -m hub_resilience.service" in sidecar_log
+    assert "Traceback" not in sidecar_log, sidecar_log[-3000:]
+    assert "Traceback" not in hub_log, hub_log[-3000:]
