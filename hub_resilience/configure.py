@@ -188,7 +188,6 @@ def activity_staleness(settings: ActivitySettings) -> int:
     return max(settings.singleuser_interval, settings.hub_interval) + settings.activity_resolution
 
 
-
 def format_trait_value(value: Any) -> str:
     """A trait value as traitlets reads it back from ``--Class.trait=VALUE``."""
     if isinstance(value, str):
@@ -208,8 +207,8 @@ def service_command(
     watch_parent: bool,
     python: str,
 ) -> list[str]:
-    """The managed service's command line: ``python -m hub_resilience.service`` with every
-    setting as ``--Class.trait=value`` (hub_resilience.service.app)."""
+    """The service's command line (the hub runs it, or the sidecar): ``python -m
+    hub_resilience.service`` with every setting as ``--Class.trait=value``."""
     service = {
         "ip": ip,
         "port": settings.service_port,
