@@ -519,13 +519,18 @@ def apply_wiring(c: Config, wiring: Wiring) -> None:
     hub.activity_resolution = activity.activity_resolution
     if not _is_resilient_spawner(wiring.spawner_class):
         # ResilientKubeSpawner sets JUPYTERHUB_ACTIVITY_INTERVAL itself from
-        # c.HubResilience; other spawners get it through the environment (an explicitly
-        # configured value is kept).
-        current = _items(c.Spawner, "environment", {})
-        if "JUPYTERHUB_ACTIVITY_INTERVAL" not in current:
-            c.Spawner.environment.update(
-                {"JUPYTERHUB_ACTIVITY_INTERVAL": str(activity.singleuser_interval)}
-            )
+        # c.HubResilience; other spawners get it through the environment: in Spawner, and in
+        # every spawner section that sets its own (z2jh sets KubeSpawner.environment, which
+        # hides Spawner's). An explicitly configured value is kept.
+        sections = ["Spawner"] + [
+            name for name in c
+            if name.endswith("Spawner") and name != "Spawner" and "environment" in c[name]
+        ]
+        for name in sections:
+            if "JUPYTERHUB_ACTIVITY_INTERVAL" not in _items(c[name], "environment", {}):
+                c[name].environment.update(
+                    {"JUPYTERHUB_ACTIVITY_INTERVAL": str(activity.singleuser_interval)}
+                )
     if wiring.concurrent_spawn_limit is not None:
         hub.concurrent_spawn_limit = wiring.concurrent_spawn_limit
     if wiring.active_server_limit is not None:

@@ -7,20 +7,7 @@ from pathlib import Path
 
 import pytest
 
-OFFLINE_KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: offline
-  cluster: {server: "https://127.0.0.1:9", insecure-skip-tls-verify: true}
-users:
-- name: offline
-  user: {token: not-used}
-contexts:
-- name: offline
-  context: {cluster: offline, user: offline, namespace: default}
-current-context: offline
-"""
+from hub_resilience.tools.check_config import OFFLINE_KUBECONFIG
 
 
 @pytest.fixture(scope="session")

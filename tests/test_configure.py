@@ -414,6 +414,23 @@ def test_other_spawners_get_the_interval_through_the_environment() -> None:
     }
 
 
+async def test_a_spawner_section_with_its_own_environment_gets_the_interval_too(
+    offline_kubeconfig: Path,
+) -> None:
+    """z2jh sets c.KubeSpawner.environment, which hides c.Spawner.environment for a plain
+    KubeSpawner (HubResilience.spawner_class None keeps the chart's)."""
+    from kubespawner import KubeSpawner
+
+    c = z2jh_config()
+    c.KubeSpawner.environment = {"OTHER": "1"}
+    wiring = configure(c, spawner_class=None)
+    interval = str(wiring.activity.singleuser_interval)
+    assert c.KubeSpawner.environment == {"OTHER": "1", "JUPYTERHUB_ACTIVITY_INTERVAL": interval}
+    assert KubeSpawner(_mock=True, config=c).environment["JUPYTERHUB_ACTIVITY_INTERVAL"] == (
+        interval
+    )
+
+
 def test_the_service_reads_the_command_configure_writes() -> None:
     wiring = plan(
         read_hub_facts(z2jh_config()),

@@ -5,7 +5,8 @@ Helm validates the *merged* values, so an overlay is deep-merged into the chart'
 key), then the result is validated against the chart's ``values.schema.yaml`` with a
 draft-07 validator. The chart files are kept in ``../shared/z2jh`` (see its README); a
 checkout elsewhere finds them through ``HUB_RESILIENCE_Z2JH_DIR``, a ``shared/z2jh`` beside
-any folder above it, or the workspace's ``/work/shared/z2jh``.
+any folder above it, or the workspace's ``/work/shared/z2jh``. The search and helm's merge
+are the package's (:mod:`hub_resilience.tools.z2jh_chart`, which ``check-config`` uses).
 
 Use from a test::
 
@@ -15,7 +16,6 @@ Use from a test::
 from __future__ import annotations
 
 import copy
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,12 @@ from typing import Any
 import jsonschema
 import yaml
 
-#: Environment variable naming the folder with the chart's values.yaml and values.schema.yaml.
-Z2JH_DIR_ENV = "HUB_RESILIENCE_Z2JH_DIR"
+from hub_resilience.tools.z2jh_chart import Z2JH_DIR_ENV, candidate_dirs, merge_values
+
+__all__ = [
+    "Z2JH_DIR_ENV", "InvalidValuesError", "chart_defaults", "merge_values",
+    "validate_values_overlay", "z2jh_candidates", "z2jh_dir",
+]
 
 #: Where the workspace keeps the chart files when the checkout is not beside them.
 WORKSPACE_Z2JH_DIR = Path("/work/shared/z2jh")
@@ -56,12 +60,7 @@ def z2jh_candidates() -> list[Path]:
     clone may check the repository out somewhere else; the environment variable wins so a
     run can always point at its own copy.
     """
-    candidates = []
-    if os.environ.get(Z2JH_DIR_ENV):
-        candidates.append(Path(os.environ[Z2JH_DIR_ENV]))
-    candidates += [ancestor / "shared" / "z2jh" for ancestor in REPO_ROOT.parents]
-    candidates.append(WORKSPACE_Z2JH_DIR)
-    return candidates
+    return [*candidate_dirs(REPO_ROOT), WORKSPACE_Z2JH_DIR]
 
 
 @lru_cache(maxsize=1)
@@ -97,23 +96,6 @@ def _validator() -> jsonschema.Draft7Validator:
 def chart_defaults() -> dict:
     """A fresh copy of the chart's default values."""
     return copy.deepcopy(_chart_defaults())
-
-
-def merge_values(base: dict, overlay: dict) -> dict:
-    """Helm's merge of user values into chart values, as a new dict.
-
-    Maps merge key by key; lists and scalars replace; an overlay value of ``None`` deletes
-    the key (helm's way to unset a chart default).
-    """
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_values(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _where(error: jsonschema.ValidationError) -> str:

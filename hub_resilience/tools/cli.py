@@ -15,6 +15,7 @@ from hub_resilience.service.commands import COMMANDS
 #: Modules that provide an argparse subcommand, in the order ``--help`` shows them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hub_resilience.tools.plan_cli",
+    "hub_resilience.tools.check_config",
     "hub_resilience.tools.simulate",
     "hub_resilience.tools.demo",
 )
