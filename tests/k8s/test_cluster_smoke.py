@@ -410,7 +410,8 @@ def test_init_containers_complete_before_the_pod_runs(
 ) -> None:
     name = make_pod(
         "jupyter-init",
-        init_containers=[{"name": "block-metadata", "image": "busybox:1.36"}],
+        # The API field names: kubernetes 36 (the 4.4.0 pins) sends dict keys as given.
+        initContainers=[{"name": "block-metadata", "image": "busybox:1.36"}],
         containers=[notebook_container()],
     )
     pod = wait_pod(core_hub, k8s_cluster, name, "to be Running and Ready", is_running_and_ready)
