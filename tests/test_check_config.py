@@ -36,6 +36,14 @@ BURSTABLE_PROFILE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def chart_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command finds the chart files the way an operator's checkout would point at them
+    (HUB_RESILIENCE_Z2JH_DIR), wherever this clone is: the test suite's own lookup gives the
+    folder (a fresh clone elsewhere has no shared/z2jh above it)."""
+    monkeypatch.setenv(z2jh_chart.Z2JH_DIR_ENV, str(released_chart().parent))
+
+
 def write(tmp_path: Path, name: str, values: Any) -> str:
     path = tmp_path / name
     path.write_text(values if isinstance(values, str) else yaml.safe_dump(values))
