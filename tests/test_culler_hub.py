@@ -247,14 +247,18 @@ c.JupyterHub.load_roles.append({{
 async def test_runs_as_a_hub_managed_service_with_the_documented_scopes() -> None:
     # The drop-in: a JupyterHub service started by the hub, configured by command-line flags
     # and the JUPYTERHUB_API_* environment, with only the scopes docs/culler.md lists.
-    # Real clock here: idle means 1 second without activity.
-    config = HUB_CONFIG + CULLER_ROLE.format(python=sys.executable)
-    async with running_hub(config) as hub, hub.client() as client:
+    # Real clock here: idle means 1 second without activity. The servers are started, and
+    # svc-busy's activity reported, before the culler exists (the hub is then restarted with
+    # it, servers kept): with a 1 s timeout, a culler already running could rightly cull a
+    # server in the moment between its start and the first activity report.
+    async with running_hub(HUB_CONFIG) as hub, hub.client() as client:
         await create_users(client, ["svc-idle", "svc-busy"])
         await start_servers(client, [("svc-busy", ""), ("svc-idle", ""), ("svc-idle", "lab")])
         # Activity reported 50 minutes ahead keeps svc-busy active for the whole test.
         ahead = datetime.now(timezone.utc) + timedelta(minutes=50)
         await client.post_activity("svc-busy", last_activity=ahead, servers={"": ahead})
+        hub.write_config(HUB_CONFIG + CULLER_ROLE.format(python=sys.executable))
+        await hub.restart()
 
         async def idle_gone() -> bool:
             return not {k for k in await active_servers(client) if k[0] == "svc-idle"}
