@@ -586,13 +586,22 @@ def resolve_settings(c: Config, options: Mapping[str, Any]) -> HubResilience:
         raise ConfigurationError(str(e)) from None
 
 
-_last_wiring: list[Wiring] = []
+@dataclass
+class ConfigureCall:
+    """One :func:`configure` call: the config it was given, what it wired or raised."""
+
+    config: Config
+    wiring: Wiring | None = None
+    error: BaseException | None = None
 
 
-def last_wiring() -> Wiring | None:
-    """What the last :func:`configure` call in this process wired: the sidecar
-    (hub_resilience.service.sidecar) runs the hub's config file and starts its command."""
-    return _last_wiring[-1] if _last_wiring else None
+_last_call: list[ConfigureCall] = []
+
+
+def last_call() -> ConfigureCall | None:
+    """The last :func:`configure` call in this process: the sidecar and check-config run the
+    hub's config file (whose drop-in calls configure()) and read what it did here."""
+    return _last_call[-1] if _last_call else None
 
 
 def configure(c: Config, **options: Any) -> Wiring | None:
@@ -604,6 +613,17 @@ def configure(c: Config, **options: Any) -> Wiring | None:
     :class:`TypeError` for an unknown option and :class:`ConfigurationError` (a ValueError)
     for a bad value or combination; ``c`` is left untouched when anything is refused.
     """
+    call = ConfigureCall(c)
+    _last_call[:] = [call]
+    try:
+        call.wiring = _configure(c, options)
+    except BaseException as e:
+        call.error = e
+        raise
+    return call.wiring
+
+
+def _configure(c: Config, options: Mapping[str, Any]) -> Wiring | None:
     settings = resolve_settings(c, options)
     if not settings.enabled:
         print("hub-resilience: HubResilience.enabled is False; not configuring")
@@ -613,7 +633,6 @@ def configure(c: Config, **options: Any) -> Wiring | None:
     for name, value in options.items():
         c.HubResilience[name] = value
     apply_wiring(c, wiring)
-    _last_wiring[:] = [wiring]
     where = "in its own container" if settings.service_mode == "container" else "by the hub"
     print(
         "hub-resilience: configured "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from traitlets.config.loader import PyFileConfigLoader
 
-from hub_resilience.configure import last_wiring, read_hub_facts
+from hub_resilience.configure import last_call, read_hub_facts
 from hub_resilience.settings import HubResilience
 
 #: Where z2jh's hub container finds its configuration; the sidecar mounts the same files.
@@ -29,7 +29,8 @@ def service_to_run(config_file: Path) -> tuple[list[str], dict[str, str]]:
     """The command and environment of the service the hub's config wires, read by running
     that config file as the hub does (its drop-in calls configure())."""
     config = PyFileConfigLoader(config_file.name, path=str(config_file.parent)).load_config()
-    wiring = last_wiring()
+    call = last_call()
+    wiring = call.wiring if call is not None else None
     if wiring is None or wiring.command is None:
         raise SidecarError(
             f"{config_file} did not wire a hub-resilience service (is the drop-in there, and "

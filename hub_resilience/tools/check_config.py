@@ -45,6 +45,7 @@ from unittest import mock
 
 import yaml
 
+from hub_resilience.configure import ConfigureCall, last_call
 from hub_resilience.tools.z2jh_chart import (
     Chart,
     ChartNotFoundError,
@@ -272,45 +273,6 @@ def worker_main(argv: Sequence[str]) -> int:
     return 0
 
 
-@dataclass
-class ConfigureCall:
-    """One call of configure() made while z2jh's configuration ran."""
-
-    config: Any
-    wiring: Any = None
-    error: BaseException | None = None
-
-
-@contextmanager
-def recording_configure() -> Iterator[list[ConfigureCall]]:
-    """Record every call of ``hub_resilience.configure`` (what the drop-in calls), with the
-    config it was given, what it returned or raised."""
-    import hub_resilience
-
-    module = importlib.import_module("hub_resilience.configure")
-    original = module.configure
-    calls: list[ConfigureCall] = []
-
-    def recording(c: Any, **options: Any) -> Any:
-        call = ConfigureCall(c)
-        calls.append(call)
-        try:
-            call.wiring = original(c, **options)
-        except BaseException as e:
-            call.error = e
-            raise
-        return call.wiring
-
-    saved_package = hub_resilience.configure
-    setattr(module, "configure", recording)  # noqa: B010 - a function, not the module
-    setattr(hub_resilience, "configure", recording)  # noqa: B010
-    try:
-        yield calls
-    finally:
-        setattr(module, "configure", original)  # noqa: B010
-        setattr(hub_resilience, "configure", saved_package)  # noqa: B010
-
-
 @contextmanager
 def curl_optional() -> Iterator[None]:
     """Where pycurl is missing (an operator's laptop, not the hub image), z2jh's switch of
@@ -366,7 +328,8 @@ def load(workdir: Path, values: Mapping[str, Any], chart: Chart,
     more) and the configure() call it made; problems go into ``report``."""
     etc = workdir / "etc"
     output = io.StringIO()
-    with recording_configure() as calls, curl_optional():
+    before = last_call()
+    with curl_optional():
         try:
             with redirect_stdout(output), redirect_stderr(output):
                 config = load_config(workdir, values, chart)
@@ -376,7 +339,9 @@ def load(workdir: Path, values: Mapping[str, Any], chart: Chart,
         except Exception as e:
             report.add(f"the hub would not start: {describe_exception(e, etc)}")
             config = None
-    call = calls[-1] if calls else None
+    call = last_call()
+    if call is before:  # the drop-in did not call configure()
+        call = None
     if config is None and call is not None and call.error is not None:
         # configure() refused: z2jh's own configuration had run, so the spawner's checks
         # still apply to what it built (only hub.extraConfig, which runs later, is missing).
