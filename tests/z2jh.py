@@ -77,8 +77,8 @@ def z2jh_dir() -> Path:
     )
 
 
-def _load_yaml(name: str) -> Any:
-    return yaml.safe_load((z2jh_dir() / name).read_text())
+def _load_yaml(name: str, folder: Path | None = None) -> Any:
+    return yaml.safe_load(((folder or z2jh_dir()) / name).read_text())
 
 
 @lru_cache(maxsize=1)
@@ -86,11 +86,23 @@ def _chart_defaults() -> Any:
     return _load_yaml("values.yaml")
 
 
-@lru_cache(maxsize=1)
-def _validator() -> jsonschema.Draft7Validator:
-    schema = _load_yaml("values.schema.yaml")
+@lru_cache(maxsize=2)
+def _validator(folder: Path | None = None) -> jsonschema.Draft7Validator:
+    """The draft-07 validator of the chart schema in ``folder`` (default: the main branch's;
+    ``z2jh_dir() / "4.4.0"`` for the released chart's)."""
+    schema = _load_yaml("values.schema.yaml", folder)
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
+
+
+def schema_errors(merged: dict, folder: Path | None = None) -> list[str]:
+    """Each error of already merged values against the schema in ``folder``, with its place
+    in the values, e.g. ``scheduling.userPlaceholder.replicas: '3' is not of type
+    'integer'``."""
+    errors = sorted(
+        _validator(folder).iter_errors(merged), key=lambda e: [str(p) for p in e.absolute_path]
+    )
+    return [f"{_where(e)}: {e.message}" for e in errors]
 
 
 def chart_defaults() -> dict:
@@ -111,9 +123,6 @@ def validate_values_overlay(overlay: dict) -> None:
     """
     if not isinstance(overlay, dict):
         raise InvalidValuesError([f"the overlay must be a mapping, got {type(overlay).__name__}"])
-    merged = merge_values(_chart_defaults(), overlay)
-    errors = sorted(
-        _validator().iter_errors(merged), key=lambda e: [str(p) for p in e.absolute_path]
-    )
+    errors = schema_errors(merge_values(_chart_defaults(), overlay))
     if errors:
-        raise InvalidValuesError([f"{_where(e)}: {e.message}" for e in errors])
+        raise InvalidValuesError(errors)
