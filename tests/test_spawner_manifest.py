@@ -207,6 +207,7 @@ async def test_modify_pod_hook_containers_are_enforced_before_creation(make_spaw
 
     async def record(namespace, body):
         created.append(body)
+        return body  # the API server answers with the stored pod
 
     spawner.api.create_namespaced_pod = record  # stands in for the API server: no cluster here
     with pytest.raises(QoSError, match="container 'from-hook'"):
@@ -270,12 +271,12 @@ async def test_malformed_override_quantity_fails_before_the_api(make_spawner) ->
     ]
     spawner = make_spawner({"profile_list": profiles, "cpu_limit": 1, "mem_limit": "1G"})
     spawner.user_options = {"profile": "broken"}
-    await spawner.load_user_options()
+    # Refused as soon as the profile is loaded: before the namespace, the PVC or the pod.
     with pytest.raises(
         QoSError,
         match="profile 'broken', container 'typo': memory limit: '1.5Gx' is not a Kubernetes",
     ):
-        await spawner.get_pod_manifest()
+        await spawner.load_user_options()
 
 
 async def test_profile_label_is_a_configured_slug_or_a_fixed_word(make_spawner) -> None:

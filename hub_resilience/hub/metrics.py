@@ -10,6 +10,7 @@ compute two families at scrape time; docs/metrics.md explains each metric.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from jupyterhub.metrics import SERVER_SPAWN_DURATION_SECONDS
 from prometheus_client import REGISTRY, Counter, Histogram
@@ -24,17 +25,39 @@ PREFIX = "hub_resilience"
 
 
 class K8sOperation(LabelEnum):
-    """The spawner's Kubernetes API requests that are timed and retried."""
+    """Every Kubernetes API request the spawner makes: all go through one retry path."""
 
     CREATE_POD = "create_pod"
+    READ_POD = "read_pod"
     DELETE_POD = "delete_pod"
+    CREATE_PVC = "create_pvc"
+    READ_PVC = "read_pvc"
+    DELETE_PVC = "delete_pvc"
+    CREATE_NAMESPACE = "create_namespace"
+    CREATE_SECRET = "create_secret"
+    READ_SECRET = "read_secret"
+    DELETE_SECRET = "delete_secret"
+    CREATE_SERVICE = "create_service"
+    READ_SERVICE = "read_service"
+    DELETE_SERVICE = "delete_service"
 
 
 class K8sRetryReason(LabelEnum):
-    """Why a Kubernetes API request was retried."""
+    """Why a Kubernetes API request (or a watch) was retried."""
 
     THROTTLED = "throttled"  # 429
     SERVER_ERROR = "server_error"  # 5xx
+    TIMEOUT = "timeout"  # no answer within k8s_api_request_timeout
+    CONNECTION_ERROR = "connection_error"  # refused, reset: the API server is not there
+    EXPIRED = "expired"  # 410 Gone: a watch's resource version is too old (watches only)
+    OTHER = "other"  # any other error of a watch (watches only: requests raise it)
+
+
+class WatchedResource(LabelEnum):
+    """What the hub's Kubernetes watches (KubeSpawner's reflectors) follow."""
+
+    PODS = "pods"
+    EVENTS = "events"
 
 
 #: The value of the ``profile`` label for a spawn without a profile, or with a slug not in
@@ -81,17 +104,32 @@ K8S_API_REQUEST_SECONDS = Histogram(
 
 K8S_API_REQUESTS = Counter(
     f"{PREFIX}_k8s_api_requests",
-    "The spawner's Kubernetes API requests, by operation and result: 'ok', 'retry' (no "
-    "answer in time, or a conflict KubeSpawner resolves and retries) or the HTTP status of "
-    "an error; code 429 counts requests the API server throttled.",
+    "The spawner's Kubernetes API requests (each attempt), by operation and result: 'ok', "
+    "the HTTP status of an error (429: the API server throttled it), 'timeout' (no answer "
+    "within k8s_api_request_timeout) or 'connection_error'.",
     ["operation", "code"],
 )
 
 K8S_API_RETRIES = Counter(
     f"{PREFIX}_k8s_api_retries",
     "Kubernetes API requests the spawner retried, by operation and reason "
-    "(throttled: 429; server_error: 5xx).",
+    "(throttled: 429; server_error: 5xx; timeout; connection_error).",
     ["operation", "reason"],
+)
+
+K8S_WATCH_RESTARTS = Counter(
+    f"{PREFIX}_k8s_watch_restarts",
+    "Times a Kubernetes watch of the hub (pods, events) failed and was started again after a "
+    "wait, by resource and reason; a watch never gives up.",
+    ["resource", "reason"],
+)
+
+K8S_WATCH_UP_HELP = (
+    "1 while every Kubernetes watch of this resource is listed and watching, 0 while one is "
+    "failing and waiting to retry (the hub's view of pods or events is then stale)."
+)
+K8S_WATCH_SINCE_HELP = (
+    "Unix time at which the watches of this resource last went up or down."
 )
 
 USER_PODS_HELP = (
@@ -100,7 +138,7 @@ USER_PODS_HELP = (
 SPAWN_OUTCOMES_HELP = (
     "Spawn outcomes: success, the hub's own refusals (throttled by concurrent_spawn_limit, "
     "over_active_limit) kept apart from failures (k8s_throttled, qos_refused, unschedulable, "
-    "image_pull_failure, crash, timeout, k8s_api_error, error)."
+    "image_pull_failure, crash, timeout, http_timeout, k8s_api_error, error)."
 )
 
 for _phase in SpawnPhase:
@@ -109,11 +147,21 @@ for _outcome in SpawnOutcome:
     if _outcome not in HUB_REFUSALS.values():
         SPAWNER_OUTCOMES.labels(_outcome, NO_PROFILE)
 SPAWN_SCALE_UPS.labels(NO_PROFILE)
+#: Retry reasons of single requests (watches have two more).
+REQUEST_RETRY_REASONS = (
+    K8sRetryReason.THROTTLED,
+    K8sRetryReason.SERVER_ERROR,
+    K8sRetryReason.TIMEOUT,
+    K8sRetryReason.CONNECTION_ERROR,
+)
 for _operation in K8sOperation:
     K8S_API_REQUEST_SECONDS.labels(_operation)
     K8S_API_REQUESTS.labels(_operation, "ok")
-    for _reason in K8sRetryReason:
+    for _reason in REQUEST_RETRY_REASONS:
         K8S_API_RETRIES.labels(_operation, _reason)
+for _resource in WatchedResource:
+    for _reason in K8sRetryReason:
+        K8S_WATCH_RESTARTS.labels(_resource, _reason)
 
 
 def hub_refusal_counts(samples: Iterable[tuple[str, dict[str, str], float]]) -> dict[str, float]:
@@ -191,13 +239,68 @@ class UserPodQoSCollector(Collector):
         yield family
 
 
+@dataclass(frozen=True)
+class WatchStatus:
+    """What one watch (one reflector) reports: up or not, and since when (Unix time)."""
+
+    resource: WatchedResource
+    up: bool
+    since: float
+
+
+def summarise_watches(watches: Iterable[WatchStatus]) -> dict[WatchedResource, WatchStatus]:
+    """Per resource: up only if every watch of it is up; since the latest change among the
+    watches in the reported state (a down watch dates the outage, else the latest recovery)."""
+    summary: dict[WatchedResource, WatchStatus] = {}
+    for watch in watches:
+        seen = summary.get(watch.resource)
+        if seen is None:
+            summary[watch.resource] = watch
+        elif seen.up and not watch.up:
+            summary[watch.resource] = watch
+        elif seen.up == watch.up and watch.since > seen.since:
+            summary[watch.resource] = watch
+    return summary
+
+
+class WatchCollector(Collector):
+    """``hub_resilience_k8s_watch_up{resource}`` and ``..._k8s_watch_since_timestamp_seconds``:
+    read from the reflectors when Prometheus scrapes; a resource nobody watches yet is absent."""
+
+    def __init__(self, watches: Callable[[], Iterable[WatchStatus]]) -> None:
+        self._watches = watches
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(f"{PREFIX}_k8s_watch_up", K8S_WATCH_UP_HELP, labels=["resource"]),
+            GaugeMetricFamily(
+                f"{PREFIX}_k8s_watch_since_timestamp_seconds",
+                K8S_WATCH_SINCE_HELP,
+                labels=["resource"],
+            ),
+        )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up, since = self._families()
+        for resource, status in summarise_watches(self._watches()).items():
+            up.add_metric([str(resource)], 1.0 if status.up else 0.0)
+            since.add_metric([str(resource)], status.since)
+        yield up
+        yield since
+
+
 _registered: list[Collector] = []
 
 
-def register_hub_collectors(pods: Callable[[], Iterable[dict]]) -> None:
+def register_hub_collectors(
+    pods: Callable[[], Iterable[dict]], watches: Callable[[], Iterable[WatchStatus]]
+) -> None:
     """Register the scrape-time collectors in the default registry, once per process."""
     if _registered:
         return
-    for collector in (SpawnOutcomeCollector(), UserPodQoSCollector(pods)):
+    for collector in (SpawnOutcomeCollector(), UserPodQoSCollector(pods), WatchCollector(watches)):
         REGISTRY.register(collector)
         _registered.append(collector)

@@ -38,7 +38,8 @@ class SpawnOutcome(LabelEnum):
     UNSCHEDULABLE = "unschedulable"
     IMAGE_PULL_FAILURE = "image_pull_failure"
     CRASH = "crash"
-    TIMEOUT = "timeout"
+    TIMEOUT = "timeout"  # the pod was not running within start_timeout, no cause known
+    HTTP_TIMEOUT = "http_timeout"  # the pod ran; its server never answered within http_timeout
     K8S_API_ERROR = "k8s_api_error"
     ERROR = "error"  # anything else
 

@@ -1,14 +1,12 @@
-"""ResilientKubeSpawner: KubeSpawner with Guaranteed QoS and tuned activity reporting.
+"""ResilientKubeSpawner: KubeSpawner with Guaranteed pods, safe Kubernetes API calls,
+watches that survive, and every spawn's outcome counted and explained.
 
-A thin adapter: the policy lives in :mod:`hub_resilience.hub.qos` and
-:mod:`hub_resilience.hub.activity`; this class applies it at the two points where KubeSpawner
-has the finished pod:
-
-- :meth:`get_pod_manifest`, after profile_list / kubespawner_override / profile_options have
-  been applied to the spawner's traits, so every pod it builds is already Guaranteed;
-- :meth:`_make_create_pod_request`, right before the API call, so containers that a
-  ``modify_pod_hook`` added are enforced too, and nothing that is not Guaranteed is ever
-  sent to the API server.
+A thin adapter over pure policy: QoS (:mod:`~hub_resilience.hub.qos`), activity sizing
+(:mod:`~hub_resilience.hub.activity`), the retry path (:mod:`~hub_resilience.hub.k8s_requests`),
+phases and failures (:mod:`~hub_resilience.hub.spawn_phases`,
+:mod:`~hub_resilience.hub.spawn_failures`) and the reflectors
+(:mod:`~hub_resilience.hub.watches`). It overrides each of KubeSpawner's request methods so
+that every API call goes through one retry path; where and why: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -16,44 +14,57 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio.client import V1Pod
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from kubespawner.spawner import PodReflector
+from kubespawner.objects import make_namespace
+from kubespawner.spawner import EventReflector, PodReflector
 from tornado import web
 from traitlets import Any as AnyTrait
 from traitlets import Bunch, CaselessStrEnum, Float, Integer, TraitError, validate
 
-from hub_resilience.backoff import BackoffPolicy, parse_retry_after
-from hub_resilience.hub import activity, qos, spawn_phases
+from hub_resilience.backoff import BackoffPolicy
+from hub_resilience.hub import activity, qos, spawn_failures, spawn_phases
+from hub_resilience.hub.k8s_requests import K8sRequester
 from hub_resilience.hub.metrics import (
-    K8S_API_REQUEST_SECONDS,
-    K8S_API_REQUESTS,
-    K8S_API_RETRIES,
     NO_PROFILE,
     OTHER_PROFILE,
     SPAWN_PHASE_SECONDS,
     SPAWN_SCALE_UPS,
     SPAWNER_OUTCOMES,
     K8sOperation,
-    K8sRetryReason,
     SpawnOutcome,
     SpawnPhase,
+    WatchStatus,
     register_hub_collectors,
+)
+from hub_resilience.hub.spawn_failures import WatchDown
+from hub_resilience.hub.watches import (
+    ResilientEventReflector,
+    ResilientPodReflector,
+    ResilientReflectorMixin,
 )
 from hub_resilience.settings import HubResilience
 
-#: Kubernetes API answers worth retrying: throttling and transient server errors.
-RETRY_REASONS = {
-    429: K8sRetryReason.THROTTLED,
-    500: K8sRetryReason.SERVER_ERROR,
-    502: K8sRetryReason.SERVER_ERROR,
-    503: K8sRetryReason.SERVER_ERROR,
-    504: K8sRetryReason.SERVER_ERROR,
+#: The pod annotation that tells this spawn's pod from one an earlier spawn left behind.
+SPAWN_ID_ANNOTATION = "hub-resilience.jupyter.org/spawn-id"
+
+#: How many times a start deletes a pod an earlier spawn left before it gives up.
+STALE_POD_DELETES = 3
+
+#: The create, delete and read operations of the other resources KubeSpawner manages.
+RESOURCE_OPERATIONS = {
+    "secret": (K8sOperation.CREATE_SECRET, K8sOperation.DELETE_SECRET, K8sOperation.READ_SECRET),
+    "service": (
+        K8sOperation.CREATE_SERVICE,
+        K8sOperation.DELETE_SERVICE,
+        K8sOperation.READ_SERVICE,
+    ),
 }
 
 
@@ -149,8 +160,9 @@ class ResilientKubeSpawner(KubeSpawner):
         20,
         config=True,
         help="""
-        Attempts at one Kubernetes API request (pod create or delete) before the spawn or
-        stop fails; the time they may take is bounded by k8s_api_request_retry_timeout.
+        Attempts at one Kubernetes API request (any create, read or delete of a pod, PVC,
+        namespace, secret or service) before the spawn or stop fails; the time they may take
+        is bounded by k8s_api_request_retry_timeout, each attempt by k8s_api_request_timeout.
         """,
     )
 
@@ -205,9 +217,10 @@ class ResilientKubeSpawner(KubeSpawner):
         self.resilience = HubResilience(config=self.config)
         self._timing: SpawnTiming | None = None
         self._validated_profile: str | None = None
-        # Per operation, for the current start or stop: retries so far and when they began.
-        self._retry_attempts: dict[K8sOperation, int] = {}
-        self._retry_started: dict[K8sOperation, float] = {}
+        self._spawn_id: str | None = None
+        self._pod_uid: str | None = None
+        self._phases: list[tuple[SpawnPhase, float]] = []
+        self._stopped_while_waiting = False
 
     @classmethod
     def _all_user_pods(cls) -> Iterable[dict]:
@@ -216,8 +229,14 @@ class ResilientKubeSpawner(KubeSpawner):
             if isinstance(reflector, PodReflector):
                 yield from list(reflector.pods.values())
 
+    @classmethod
+    def _all_watches(cls) -> Iterable[WatchStatus]:
+        for reflector in list(cls.reflectors.values()):
+            if isinstance(reflector, ResilientReflectorMixin):
+                yield reflector.watch_status()
+
     def backoff_policy(self) -> BackoffPolicy:
-        """The retry schedule for Kubernetes API 429s and 5xx, from this spawner's traits."""
+        """The retry schedule for Kubernetes API requests, from this spawner's traits."""
         return BackoffPolicy(
             base=self.backoff_base,
             cap=max(self.backoff_cap, self.backoff_base),
@@ -226,12 +245,76 @@ class ResilientKubeSpawner(KubeSpawner):
             retry_after_cap=self.retry_after_cap,
         )
 
+    @property
+    def k8s(self) -> K8sRequester:
+        """The retry path every Kubernetes API request of this spawner goes through."""
+        return K8sRequester(self.backoff_policy(), self.log, self._log_name)
+
+    # -- reflectors -------------------------------------------------------------------------
+
+    async def _start_watching_pods(self, replace: bool = False) -> PodReflector:
+        return await self._start_reflector(
+            kind="pods",
+            reflector_class=ResilientPodReflector,
+            labels={"component": self.component_label},
+            omit_namespace=self.enable_user_namespaces,
+            replace=replace,
+        )
+
+    async def _start_watching_events(self, replace: bool = False) -> EventReflector:
+        return await self._start_reflector(
+            kind="events",
+            reflector_class=ResilientEventReflector,
+            fields={"involvedObject.kind": "Pod"},
+            omit_namespace=self.enable_user_namespaces,
+            replace=replace,
+        )
+
+    @property
+    def events(self) -> list[dict]:
+        """Events of this spawn's pod (by its uid), oldest first, without sorting the
+        namespace's events; before the pod exists, none (never an older pod's)."""
+        reflector = self.event_reflector
+        uid = self._pod_uid or self._uid_of(self._current_pod())
+        if reflector is None or uid is None:
+            return []
+        if isinstance(reflector, ResilientEventReflector):
+            return reflector.events_for(uid)
+        return [e for e in reflector.events if (e.get("involvedObject") or {}).get("uid") == uid]
+
+    def _uid_of(self, pod: dict | None) -> str | None:
+        """The uid of ``pod`` if it is this spawn's (or, after a hub restart, any) pod."""
+        if not pod:
+            return None
+        metadata = pod.get("metadata") or {}
+        theirs = (metadata.get("annotations") or {}).get(SPAWN_ID_ANNOTATION)
+        if self._spawn_id is not None and theirs != self._spawn_id:
+            return None
+        return metadata.get("uid")
+
+    def _current_pod(self) -> dict | None:
+        reflector = self.pod_reflector
+        if reflector is None:
+            return None
+        return reflector.pods.get(f"{self.namespace}/{self.pod_name}")
+
+    def _watch_down(self) -> WatchDown | None:
+        """The pod watch, if it is down: the hub's view of the pod is then stale."""
+        reflector = self.pod_reflector
+        if isinstance(reflector, ResilientReflectorMixin) and not reflector.up:
+            return WatchDown(reflector.last_failure, time.time() - reflector.since)
+        return None
+
+    # -- profile and QoS --------------------------------------------------------------------
+
     async def load_user_options(self) -> None:
-        """KubeSpawner's, remembering the profile once it has validated it."""
+        """KubeSpawner's, then the QoS check of the profile's pod, before any API call (the
+        user's namespace and PVC are created after this)."""
         self._validated_profile = None
         await super().load_user_options()
         # KubeSpawner refuses a slug that is not in the (possibly callable) profile_list.
         self._validated_profile = self.profile_name
+        await self.get_pod_manifest()
 
     @property
     def profile_label(self) -> str:
@@ -265,159 +348,270 @@ class ResilientKubeSpawner(KubeSpawner):
         return pod
 
     async def get_pod_manifest(self) -> V1Pod:
-        """KubeSpawner's pod, with requests equal to limits in every container."""
-        return self.enforce_qos(await super().get_pod_manifest())
+        """KubeSpawner's pod, with requests equal to limits in every container, marked with
+        this spawn's id (so a create retried after a lost answer recognises its own pod)."""
+        pod = self.enforce_qos(await super().get_pod_manifest())
+        if self._spawn_id is not None:
+            pod.metadata.annotations = dict(pod.metadata.annotations or {})
+            pod.metadata.annotations[SPAWN_ID_ANNOTATION] = self._spawn_id
+        return pod
+
+    # -- Kubernetes API requests, all through the retry path --------------------------------
 
     async def _make_create_pod_request(self, pod: V1Pod, request_timeout: float) -> bool:
+        """Create the pod once: a create that may have been stored (lost answer, 5xx) is
+        confirmed by reading the pod back and matching this spawn's id, never deleted and
+        created again. Only a pod left by an earlier spawn is deleted first, as KubeSpawner
+        does. Returns True or raises (KubeSpawner's own retry loop is not needed)."""
         # Enforced again here: a modify_pod_hook runs after get_pod_manifest and may add
         # containers. Idempotent for a pod that is already Guaranteed.
         pod = self.enforce_qos(pod)
         timing = self._timing
         if timing is not None and timing.first_create is None:
             timing.first_create = time.monotonic()
-            self._observe_phase(SpawnPhase.HUB, timing.first_create - timing.requested)
-        created = await self._k8s_request(
-            K8sOperation.CREATE_POD, super()._make_create_pod_request(pod, request_timeout)
+            self._phases.append((SpawnPhase.HUB, timing.first_create - timing.requested))
+        for _ in range(STALE_POD_DELETES + 1):
+            try:
+                created = await self.k8s.call(
+                    K8sOperation.CREATE_POD,
+                    lambda: self.api.create_namespaced_pod(self.namespace, pod),
+                    timeout=request_timeout,
+                )
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                existing = await self._read_own_pod()
+                if existing is None:
+                    self.log.info("Found an earlier pod %s; deleting it first", self.pod_name)
+                    await self.stop(now=True)
+                    continue
+                created = existing
+            self._pod_uid = created.metadata.uid
+            if timing is not None and timing.first_create is not None:
+                self._phases.append(
+                    (SpawnPhase.API_CREATE, time.monotonic() - timing.first_create)
+                )
+            return True
+        raise web.HTTPError(
+            500, f"Cannot start this server: an earlier pod {self.pod_name} would not go away"
         )
-        if created and timing is not None and timing.first_create is not None:
-            self._observe_phase(SpawnPhase.API_CREATE, time.monotonic() - timing.first_create)
-        return created
 
-    async def _make_delete_pod_request(self, *args: Any, **kwargs: Any) -> bool:
-        return await self._k8s_request(
-            K8sOperation.DELETE_POD, super()._make_delete_pod_request(*args, **kwargs)
-        )
-
-    async def _k8s_request(self, operation: K8sOperation, request: Awaitable[bool]) -> bool:
-        """Run one of KubeSpawner's request attempts, timing it and absorbing 429 and 5xx.
-
-        KubeSpawner's attempts return True (done) or False (retry); an ApiException fails the
-        spawn. A 429 or 5xx is turned into a wait (Retry-After when the API server sends it,
-        full-jitter backoff otherwise) and False, so KubeSpawner's own loop tries again,
-        until retry_max_attempts or its k8s_api_request_retry_timeout runs out.
-        """
-        started = time.monotonic()
+    async def _read_own_pod(self) -> V1Pod | None:
+        """The pod named like ours if this spawn created it (a retried create that was
+        stored), None if it is an earlier spawn's or gone."""
         try:
-            done = await request
-        except ApiException as e:
-            K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
-            K8S_API_REQUESTS.labels(operation, str(e.status)).inc()
-            reason = RETRY_REASONS.get(e.status)
-            if reason is None:
-                raise
-            return await self._wait_before_retry(operation, reason, e)
-        K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
-        K8S_API_REQUESTS.labels(operation, "ok" if done else "retry").inc()
-        return done
-
-    async def _wait_before_retry(
-        self, operation: K8sOperation, reason: K8sRetryReason, error: ApiException
-    ) -> bool:
-        policy = self.backoff_policy()
-        attempts = self._retry_attempts.get(operation, 0) + 1
-        self._retry_attempts[operation] = attempts
-        first = self._retry_started.setdefault(operation, time.monotonic())
-        headers: Mapping[str, str] = error.headers or {}
-        retry_after = parse_retry_after(headers.get("Retry-After"))
-        delay = policy.delay(attempts - 1, retry_after)
-        if not policy.should_retry(attempts, time.monotonic() - first, delay):
-            self.log.error(
-                "Kubernetes API %s for %s failed %d times (last: %s %s); giving up",
-                operation,
-                self._log_name,
-                attempts,
-                error.status,
-                error.reason,
+            existing = await self.k8s.call(
+                K8sOperation.READ_POD,
+                lambda: self.api.read_namespaced_pod(self.pod_name, self.namespace),
+                timeout=self.k8s_api_request_timeout,
             )
-            raise error
-        K8S_API_RETRIES.labels(operation, reason).inc()
-        self.log.warning(
-            "Kubernetes API answered %s to %s for %s; retrying in %.1fs (attempt %d)",
-            error.status,
-            operation,
-            self._log_name,
-            delay,
-            attempts,
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        annotations = existing.metadata.annotations or {}
+        if self._spawn_id is not None and annotations.get(SPAWN_ID_ANNOTATION) == self._spawn_id:
+            self.log.info("Pod %s was created by an earlier attempt; using it", self.pod_name)
+            return existing
+        return None
+
+    async def _make_delete_pod_request(
+        self, pod_name: str, delete_options: Any, grace_seconds: int, request_timeout: float
+    ) -> bool:
+        self.log.info("Deleting pod %s/%s", self.namespace, pod_name)
+        return await self._delete(
+            K8sOperation.DELETE_POD,
+            lambda: self.api.delete_namespaced_pod(
+                name=pod_name,
+                namespace=self.namespace,
+                body=delete_options,
+                grace_period_seconds=grace_seconds,
+            ),
+            request_timeout,
         )
-        await asyncio.sleep(delay)
+
+    async def _make_delete_pvc_request(self, pvc_name: str, request_timeout: float) -> bool:
+        self.log.info("Deleting pvc %s", pvc_name)
+        return await self._delete(
+            K8sOperation.DELETE_PVC,
+            lambda: self.api.delete_namespaced_persistent_volume_claim(
+                name=pvc_name, namespace=self.namespace
+            ),
+            request_timeout,
+        )
+
+    async def _delete(
+        self, operation: K8sOperation, request: Callable[[], Awaitable[Any]], timeout: float
+    ) -> bool:
+        """A delete through the retry path; already gone (404) is done too."""
+        try:
+            await self.k8s.call(operation, request, timeout=timeout)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        return True
+
+    async def _make_create_pvc_request(self, pvc: Any, request_timeout: float) -> bool:
+        """Create the user's PVC; one that exists (409, or a 403 from a quota on a PVC that
+        exists, as KubeSpawner checks) is fine."""
+        name = pvc.metadata.name
+        try:
+            await self.k8s.call(
+                K8sOperation.CREATE_PVC,
+                lambda: self.api.create_namespaced_persistent_volume_claim(
+                    namespace=self.namespace, body=pvc
+                ),
+                timeout=request_timeout,
+            )
+        except ApiException as e:
+            if e.status == 409:
+                self.log.info("PVC %s already exists", name)
+                return True
+            if e.status == 403 and await self._check_pvc_exists(name, self.namespace):
+                self.log.info("PVC %s already exists (a quota refused a new one)", name)
+                return True
+            raise
+        return True
+
+    async def _check_pvc_exists(self, pvc_name: str, namespace: str) -> bool:
+        try:
+            await self.k8s.call(
+                K8sOperation.READ_PVC,
+                lambda: self.api.read_namespaced_persistent_volume_claim(
+                    name=pvc_name, namespace=namespace
+                ),
+                timeout=self.k8s_api_request_timeout,
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def _ensure_namespace(self) -> None:
+        """The user's namespace (enable_user_namespaces); one that exists is fine."""
+        namespace = make_namespace(
+            self.namespace,
+            labels=self._expand_all(self.user_namespace_labels),
+            annotations=self._expand_all(self.user_namespace_annotations),
+        )
+        try:
+            await self.k8s.call(
+                K8sOperation.CREATE_NAMESPACE,
+                lambda: self.api.create_namespace(namespace),
+                timeout=self.k8s_api_request_timeout,
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+    async def _ensure_not_exists(self, kind: str, name: str) -> bool:
+        """Delete a secret or service (internal_ssl, services_enabled) and report whether it
+        is gone; KubeSpawner's loop calls again while it is not."""
+        delete_op, read_op = RESOURCE_OPERATIONS[kind][1:]
+        delete = getattr(self.api, f"delete_namespaced_{kind}")
+        read = getattr(self.api, f"read_namespaced_{kind}")
+        self.log.info("Deleting %s/%s", kind, name)
+        await self._delete(
+            delete_op,
+            lambda: delete(namespace=self.namespace, name=name),
+            self.k8s_api_request_timeout,
+        )
+        try:
+            await self.k8s.call(
+                read_op,
+                lambda: read(namespace=self.namespace, name=name),
+                timeout=self.k8s_api_request_timeout,
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return True
+            raise
         return False
 
-    def _reset_retries(self, operation: K8sOperation) -> None:
-        self._retry_attempts.pop(operation, None)
-        self._retry_started.pop(operation, None)
+    async def _make_create_resource_request(self, kind: str, manifest: Any) -> bool:
+        """Create a secret or service; one that exists (409) is fine, as in KubeSpawner."""
+        create = getattr(self.api, f"create_namespaced_{kind}")
+        self.log.info("Creating %s %s", kind, manifest.metadata.name)
+        try:
+            await self.k8s.call(
+                RESOURCE_OPERATIONS[kind][0],
+                lambda: create(self.namespace, manifest),
+                timeout=self.k8s_api_request_timeout,
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        return True
+
+    # -- start, stop and outcomes -----------------------------------------------------------
 
     async def stop(self, now: bool = False) -> None:
-        """KubeSpawner's stop, with a fresh retry budget for its pod delete."""
-        self._reset_retries(K8sOperation.DELETE_POD)
+        """KubeSpawner's stop; a stop while the hub waits for the new server to answer is
+        how an http_timeout shows (JupyterHub calls no hook after its readiness check)."""
+        if self._waiting_for_response:
+            self._stopped_while_waiting = True
         await super().stop(now=now)
-
-    def _observe_phase(self, phase: SpawnPhase, seconds: float) -> None:
-        SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
 
     def _record_outcome(self, outcome: SpawnOutcome) -> None:
         SPAWNER_OUTCOMES.labels(outcome, self.profile_label).inc()
 
-    def _current_pod(self) -> dict | None:
-        reflector = self.pod_reflector
-        if reflector is None:
-            return None
-        return reflector.pods.get(f"{self.namespace}/{self.pod_name}")
+    def _record_phases(self) -> None:
+        for phase, seconds in self._phases:
+            SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
+        self._phases = []
 
     async def _start(self) -> str | tuple[str, int]:
-        """KubeSpawner's start, timed phase by phase, with failures classified."""
+        """KubeSpawner's start, timed phase by phase, with every failure classified,
+        counted and explained to the user."""
         self._timing = SpawnTiming(requested=time.monotonic())
-        self._reset_retries(K8sOperation.CREATE_POD)
+        self._spawn_id = uuid.uuid4().hex
+        self._pod_uid = None
+        self._phases = []
+        self._stopped_while_waiting = False
         try:
             url = await super()._start()
-        except Exception as e:  # a cancelled start is no outcome: it is not recorded
-            outcome, message = self._classify_failure(e)
-            self._record_outcome(outcome)
-            if isinstance(e, qos.QoSError):
-                # An HTTPError's message is what JupyterHub shows the user (spawn page and
-                # API), and it is logged without a traceback: this is a profile to fix.
-                raise web.HTTPError(500, f"Cannot start this server: {e}") from e
-            if message:
-                # JupyterHub logs its own generic timeout text; the user sees this message
-                # on the spawn page, and the operator reads it here.
-                self.log.warning("Spawn of %s failed: %s", self._log_name, message)
-                raise TimeoutError(message) from e
-            raise
+        except asyncio.CancelledError:
+            # JupyterHub's start_timeout cancels the start it waits for (asyncio.wait_for).
+            # Raising a TimeoutError instead makes JupyterHub report it as the timeout it is,
+            # with our message for the user; any other cancellation is passed on.
+            if time.monotonic() - self._timing.requested < self.start_timeout - 1:
+                raise
+            raise self._failed(TimeoutError()) from None
+        except Exception as e:
+            raise self._failed(e) from e
         self._timing.running = time.monotonic()
         pod = self._current_pod()
         if pod:
-            timeline = spawn_phases.pod_timeline(pod, list(self.events or []))
-            for phase, seconds in timeline.phases.items():
-                self._observe_phase(phase, seconds)
+            timeline = spawn_phases.pod_timeline(pod, self.events)
+            self._phases.extend(timeline.phases.items())
             if timeline.scaled_up:
                 SPAWN_SCALE_UPS.labels(self.profile_label).inc()
         return url
 
-    def _classify_failure(self, error: BaseException) -> tuple[SpawnOutcome, str | None]:
-        """The outcome of a failed start, and a clearer message for a timeout, if there is one."""
+    def _failed(self, error: BaseException) -> BaseException:
+        """Count a failed start and return what to raise: JupyterHub shows its message to
+        the user and logs it without a traceback (an HTTPError or a TimeoutError)."""
+        failure = spawn_failures.classify_failure(
+            error,
+            pod=self._current_pod(),
+            events=self.events,
+            start_timeout=self.start_timeout,
+            watch_down=self._watch_down(),
+            retry_cap=self.retry_after_cap,
+        )
+        self._record_outcome(failure.outcome)
+        self._phases = []
         if isinstance(error, qos.QoSError):
-            return SpawnOutcome.QOS_REFUSED, None
-        if isinstance(error, ApiException):
-            outcome = (
-                SpawnOutcome.K8S_THROTTLED if error.status == 429 else SpawnOutcome.K8S_API_ERROR
-            )
-            return outcome, None
-        events = list(self.events or [])
-        reason = spawn_phases.failure_reason(self._current_pod(), events)
+            return web.HTTPError(500, f"Cannot start this server: {error}")
+        if failure.message is None:
+            return error
+        self.log.warning(
+            "Spawn of %s failed (%s): %s", self._log_name, failure.outcome, failure.message
+        )
         if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
-            if reason is None:
-                return SpawnOutcome.TIMEOUT, None
-            details = [e.get("message") for e in events if e.get("message")]
-            explanation = {
-                SpawnOutcome.UNSCHEDULABLE: "no node has room for it",
-                SpawnOutcome.IMAGE_PULL_FAILURE: "its image could not be pulled",
-                SpawnOutcome.CRASH: "its server keeps crashing",
-            }[reason]
-            last = f" Kubernetes says: {details[-1]}" if details else ""
-            return reason, (
-                f"Your server did not start within {self.start_timeout} seconds because "
-                f"{explanation}.{last}"
-            )
-        return reason or SpawnOutcome.ERROR, None
+            return TimeoutError(failure.message)
+        return web.HTTPError(503, failure.message)
 
     @property
     def _waiting_for_response(self) -> bool:
@@ -434,12 +628,22 @@ class ResilientKubeSpawner(KubeSpawner):
         self.__dict__["_hr_waiting_for_response"] = value
         timing = self.__dict__.get("_timing")
         if was and not value and timing is not None and timing.running is not None:
-            if self._stop_pending:  # the hub gave up waiting and is stopping the server
-                self._record_outcome(SpawnOutcome.TIMEOUT)
+            if self.__dict__.get("_stopped_while_waiting"):
+                # The hub stopped the server it was waiting for: it never answered.
+                self.log.warning(
+                    "Spawn of %s failed (%s): its pod ran but the server never answered "
+                    "the hub within http_timeout (%s s)",
+                    self._log_name,
+                    SpawnOutcome.HTTP_TIMEOUT,
+                    self.http_timeout,
+                )
+                self._record_outcome(SpawnOutcome.HTTP_TIMEOUT)
+                self._phases = []
             else:
-                self._observe_phase(SpawnPhase.SERVER_READY, time.monotonic() - timing.running)
+                self._phases.append((SpawnPhase.SERVER_READY, time.monotonic() - timing.running))
+                self._record_phases()
                 self._record_outcome(SpawnOutcome.SUCCESS)
             timing.running = None
 
 
-register_hub_collectors(ResilientKubeSpawner._all_user_pods)
+register_hub_collectors(ResilientKubeSpawner._all_user_pods, ResilientKubeSpawner._all_watches)

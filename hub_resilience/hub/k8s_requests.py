@@ -1,0 +1,175 @@
+"""One retry path for every Kubernetes API request the spawner makes.
+
+Why: an event is when the API server throttles (429) and times out, and KubeSpawner retries
+only some calls, without reading Retry-After, logging a traceback per failure. Here a request
+is tried until it succeeds, fails for a reason retrying cannot fix, or the
+:class:`~hub_resilience.backoff.BackoffPolicy` runs out; each retry is one WARNING line and a
+counter. What is retried, and how a create that may have been stored is confirmed:
+docs/architecture.md ("Talking to overloaded APIs").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+from kubernetes_asyncio.client.rest import ApiException
+
+from hub_resilience.backoff import BackoffPolicy, parse_retry_after
+from hub_resilience.hub.metrics import (
+    K8S_API_REQUEST_SECONDS,
+    K8S_API_REQUESTS,
+    K8S_API_RETRIES,
+    K8sOperation,
+    K8sRetryReason,
+)
+
+T = TypeVar("T")
+
+#: HTTP statuses worth another attempt: throttling and transient server errors.
+RETRY_STATUSES = {
+    429: K8sRetryReason.THROTTLED,
+    500: K8sRetryReason.SERVER_ERROR,
+    502: K8sRetryReason.SERVER_ERROR,
+    503: K8sRetryReason.SERVER_ERROR,
+    504: K8sRetryReason.SERVER_ERROR,
+}
+
+
+def retry_reason(error: BaseException) -> K8sRetryReason | None:
+    """Why ``error`` from a Kubernetes client call is worth retrying, or None if it is not.
+
+    A 409, 404, 403 or 422 is an answer, not a failure to answer: the caller decides.
+    """
+    if isinstance(error, ApiException):
+        return RETRY_STATUSES.get(error.status or 0)
+    # aiohttp's ServerTimeoutError is both a TimeoutError and a ClientError: a timeout.
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+        return K8sRetryReason.TIMEOUT
+    if isinstance(error, (aiohttp.ClientError, ConnectionError, OSError)):
+        return K8sRetryReason.CONNECTION_ERROR
+    return None
+
+
+def result_code(error: BaseException | None) -> str:
+    """The ``code`` label of one attempt's result."""
+    if error is None:
+        return "ok"
+    if isinstance(error, ApiException):
+        return str(error.status)
+    reason = retry_reason(error)
+    return str(reason) if reason is not None else "error"
+
+
+def retry_after_of(error: BaseException) -> float | None:
+    """The Retry-After an API server sent with ``error``, in seconds, if any."""
+    if not isinstance(error, ApiException):
+        return None
+    headers: Mapping[str, str] = error.headers or {}
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+class K8sRequestFailed(Exception):
+    """A Kubernetes API request failed every attempt the retry policy allowed.
+
+    ``reason`` says why the last attempt failed (throttled, server_error, timeout,
+    connection_error); ``retry_in`` is how long the API server or the backoff would have had
+    the spawner wait next, for the message that tells the user when to try again.
+    """
+
+    def __init__(
+        self,
+        operation: K8sOperation,
+        attempts: int,
+        elapsed: float,
+        reason: K8sRetryReason,
+        last_error: BaseException,
+        retry_in: float,
+    ) -> None:
+        self.operation = operation
+        self.attempts = attempts
+        self.elapsed = elapsed
+        self.reason = reason
+        self.last_error = last_error
+        self.retry_in = retry_in
+        super().__init__(
+            f"Kubernetes API {operation} failed {attempts} times in {elapsed:.0f}s "
+            f"(last: {describe_error(last_error)})"
+        )
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a log or a user: the status and reason, never a traceback."""
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason or ''}".strip()
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+@dataclass
+class K8sRequester:
+    """Runs Kubernetes API requests through the retry path, for one spawner (``what`` names
+    it in log lines: the user and server)."""
+
+    policy: BackoffPolicy
+    log: logging.Logger | logging.LoggerAdapter
+    what: str
+
+    async def call(
+        self,
+        operation: K8sOperation,
+        request: Callable[[], Awaitable[T]],
+        *,
+        timeout: float,
+    ) -> T:
+        """``await request()`` (a fresh coroutine per attempt), each attempt bounded by
+        ``timeout`` seconds, retried on 429, 5xx, timeouts and connection errors.
+
+        Raises the ApiException of an answer that is not retried (the caller handles 404 or
+        409), or :class:`K8sRequestFailed` when the policy runs out.
+        """
+        first = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            started = time.monotonic()
+            error: BaseException | None = None
+            try:
+                result = await asyncio.wait_for(request(), timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # classified below; anything unknown is re-raised
+                error = e
+            K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
+            K8S_API_REQUESTS.labels(operation, result_code(error)).inc()
+            if error is None:
+                return result
+            reason = retry_reason(error)
+            if reason is None:
+                raise error
+            delay = self.policy.delay(attempts - 1, retry_after_of(error))
+            elapsed = time.monotonic() - first
+            if not self.policy.should_retry(attempts, elapsed, delay):
+                self.log.warning(
+                    "Kubernetes API %s for %s: giving up after %d attempts in %.0fs (last: %s)",
+                    operation,
+                    self.what,
+                    attempts,
+                    elapsed,
+                    describe_error(error),
+                )
+                raise K8sRequestFailed(operation, attempts, elapsed, reason, error, delay)
+            K8S_API_RETRIES.labels(operation, reason).inc()
+            self.log.warning(
+                "Kubernetes API %s for %s: %s; retrying in %.1fs (attempt %d)",
+                operation,
+                self.what,
+                describe_error(error),
+                delay,
+                attempts,
+            )
+            await asyncio.sleep(delay)
