@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build, once per machine, the real Kubernetes control plane used by the end-to-end tests:
-# kube-apiserver and kube-scheduler (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and
-# kwok (sigs.k8s.io/kwok). Binaries are cached under $HUB_RESILIENCE_HOME/k8s/<versions>/
+# kube-apiserver, kube-controller-manager and kube-scheduler (k8s.io/kubernetes), etcd
+# (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok). Binaries are cached under $HUB_RESILIENCE_HOME/k8s/<versions>/
 # (~/.cache/hub-resilience/k8s/ by default, like the rest of the project's caches), outside the
 # repository; a second run with the cache in place does nothing.
 #
@@ -27,7 +27,8 @@ log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # Cached already: nothing to do, and no Go toolchain needed.
 if [[ "${1:-}" != "--regenerate" && -x "$bin_dir/etcd" && -x "$bin_dir/kube-apiserver" \
-      && -x "$bin_dir/kube-scheduler" && -x "$bin_dir/kwok" && -d "$bin_dir/kwok-stages" ]]; then
+      && -x "$bin_dir/kube-controller-manager" && -x "$bin_dir/kube-scheduler" \
+      && -x "$bin_dir/kwok" && -d "$bin_dir/kwok-stages" ]]; then
   echo "$bin_dir"
   exit 0
 fi
@@ -61,6 +62,7 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 )
 GO
@@ -117,6 +119,9 @@ build_one() { # name, module dir, package, ldflags
 build_one etcd "$here/gomod/etcd" go.etcd.io/etcd/server/v3 "-s -w"
 build_one kube-apiserver "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-apiserver "$ldflags_k8s"
 build_one kube-scheduler "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-scheduler "$ldflags_k8s"
+# Only its PersistentVolume binder (with the hostPath provisioner) runs: PVCs get bound.
+build_one kube-controller-manager "$here/gomod/kubernetes" \
+  k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags_k8s"
 
 if [[ ! -x "$bin_dir/kwok" ]]; then
   log "building kwok $KWOK_VERSION"
