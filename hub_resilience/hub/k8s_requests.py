@@ -118,6 +118,7 @@ class K8sRequester:
     policy: BackoffPolicy
     log: logging.Logger | logging.LoggerAdapter
     what: str
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def call(
         self,
@@ -172,4 +173,4 @@ class K8sRequester:
                 delay,
                 attempts,
             )
-            await asyncio.sleep(delay)
+            await self.sleep(delay)

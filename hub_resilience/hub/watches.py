@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -83,6 +83,8 @@ class ResilientReflectorMixin:
     _stopping: bool
 
     def _init_status(self) -> None:
+        self.backoff = WATCH_BACKOFF
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.up = False
         self.since = time.time()
         self.last_failure: K8sRetryReason | None = None
@@ -139,6 +141,18 @@ class ResilientReflectorMixin:
             raise RuntimeError(f"Task watching for {self.kind} is already running")
         self.watch_task = asyncio.create_task(self._watch_and_update())
 
+    async def stop(self) -> None:
+        """End the loop. Unlike KubeSpawner's, the loop's cancellation is not raised into
+        the caller (a spawn replacing a reflector would otherwise be cancelled with it)."""
+        self._stopping = True
+        task = self.watch_task
+        if task is not None and not task.done():
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            if not done:
+                self.log.warning("Watch of %s did not stop within 5 s", self.kind)
+        self.watch_task = None
+
     async def _watch_and_update(self) -> None:
         where = "all namespaces" if self.omit_namespace else f"namespace {self.namespace}"
         self.log.info(
@@ -170,7 +184,7 @@ class ResilientReflectorMixin:
                 if reason is K8sRetryReason.EXPIRED:
                     continue  # not a failure of the API server: relist at once
                 self._set_up(False)
-                delay = WATCH_BACKOFF.delay(min(failures, 16), retry_after_of(error))
+                delay = self.backoff.delay(min(failures, 16), retry_after_of(error))
                 failures += 1
                 self.log.warning(
                     "Watch of %s in %s failed (%s); retrying in %.1fs (failure %d)",
@@ -180,7 +194,7 @@ class ResilientReflectorMixin:
                     delay,
                     failures,
                 )
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
         self.log.info("Watch of %s in %s stopped", self.kind, where)
 
     async def _follow(self, resource_version: str) -> str:
@@ -198,8 +212,8 @@ class ResilientReflectorMixin:
         async def open_watch(**call_kwargs: Any) -> Any:
             return await checked_response(partial(method, **call_kwargs))
 
-        # The Watch reads the function's docstring for its return type; keep it.
-        open_watch.__doc__ = method.__doc__
+        # No docstring, so the Watch finds no return type and leaves each event a dict
+        # instead of building a model object from it (KubeSpawner's partial does the same).
         started = time.monotonic()
         w = watch.Watch()
         try:
