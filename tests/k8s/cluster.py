@@ -25,7 +25,9 @@ import contextlib
 import ctypes
 import ipaddress
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -37,7 +39,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,14 +77,46 @@ Z2JH_HUB_ROLE_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "watch", "list"]},
 )
 
-#: With no kube-controller-manager these admission plugins would leave objects stuck: no
-#: default ServiceAccount is ever created, the not-ready taint is never removed, and PVC
-#: protection finalizers are never cleared.
+#: A second identity with the hub's Role, the only one the APF throttle (FlowSchema) matches.
+HUB_THROTTLED_SERVICE_ACCOUNT = "hub-throttled"
+
+#: kube-controller-manager runs only these of its controllers. The PersistentVolume binder
+#: binds PVCs to PVs, provisions PVs through the in-tree hostPath provisioner
+#: (--enable-hostpath-provisioner) and deletes them by their reclaim policy. Nothing else runs:
+#: no garbage collector, namespace, node-lifecycle, ServiceAccount or workload controllers.
+CONTROLLER_MANAGER_CONTROLLERS = ("persistentvolume-binder-controller",)
+
+#: The default StorageClass created at start: what a PVC without storageClassName gets (the
+#: DefaultStorageClass admission plugin fills it in), bound at once, its PV deleted with it.
+DEFAULT_STORAGE_CLASS = "standard"
+HOSTPATH_PROVISIONER = "kubernetes.io/host-path"
+#: Where the in-tree hostPath provisioner creates each PV's directory (hard-coded upstream,
+#: /tmp/hostpath_pv/<uuid>, outside the work directory); its deleter removes it with the PV,
+#: and ``LocalCluster.stop()`` removes what is left of this cluster's.
+HOSTPATH_PV_ROOT = Path("/tmp/hostpath_pv")
+
+#: Admission plugins switched off because the controller that would complete their work does
+#: not run (kube-controller-manager runs only CONTROLLER_MANAGER_CONTROLLERS):
+#: - ServiceAccount: needs each namespace's "default" ServiceAccount, which the serviceaccount
+#:   controller creates;
+#: - TaintNodesByCondition: taints new nodes not-ready until the node-lifecycle controller
+#:   removes the taint;
+#: - StorageObjectInUseProtection: puts kubernetes.io/pvc-protection and pv-protection
+#:   finalizers on every PVC and PV, which only the pvc-protection and pv-protection
+#:   controllers remove. Without it a deleted PVC disappears at once (in production it stays
+#:   Terminating until no pod uses it); with it but without those controllers, deleted PVCs
+#:   would stay Terminating forever. The PV binder's own kubernetes.io/pv-controller finalizer
+#:   on provisioned PVs is removed by the binder, which runs.
 DISABLED_ADMISSION_PLUGINS = (
     "ServiceAccount",
     "TaintNodesByCondition",
     "StorageObjectInUseProtection",
 )
+
+#: The APF FlowSchema for HUB_THROTTLED_SERVICE_ACCOUNT: evaluated before the suggested
+#: "service-accounts" (9000) and "global-default" (9900) schemas that would otherwise match it,
+#: after the "exempt" (1) and system ones.
+APF_MATCHING_PRECEDENCE = 1000
 
 # Bounds on how long each start-up step may take before the fixture gives up and reports the
 # process's log. Generous on purpose: a loaded CI machine is slow, not broken.
@@ -224,6 +258,172 @@ class Throttle:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+@dataclass(frozen=True)
+class ApfThrottle:
+    """Throttling by API Priority and Fairness, the way managed clusters throttle: a priority
+    level with ``seats`` concurrency seats (no borrowing, no lending, no queues: Reject) that
+    only the ServiceAccount HUB_THROTTLED_SERVICE_ACCOUNT's requests -- every verb, watches
+    included -- are classified into, on an API server whose total concurrency limit is
+    ``max_requests_inflight + max_mutating_requests_inflight`` (APF shares that total out among
+    the priority levels by their nominalConcurrencyShares)."""
+
+    seats: int = 1
+    max_requests_inflight: int = 20
+    max_mutating_requests_inflight: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("seats", "max_requests_inflight", "max_mutating_requests_inflight"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.seats >= self.server_concurrency_limit:
+            raise ValueError(
+                f"seats ({self.seats}) must be below the server's concurrency limit "
+                f"({self.server_concurrency_limit}), which the other priority levels share too"
+            )
+
+    @property
+    def server_concurrency_limit(self) -> int:
+        return self.max_requests_inflight + self.max_mutating_requests_inflight
+
+
+def apf_nominal_seats(server_concurrency_limit: int, shares: int, other_shares: int) -> int:
+    """A priority level's nominal concurrency limit as kube-apiserver computes it:
+    ceil(ServerCL * NCS / sum of all levels' NCS)."""
+    return math.ceil(server_concurrency_limit * shares / (other_shares + shares))
+
+
+def apf_shares_for_seats(seats: int, server_concurrency_limit: int, other_shares: int) -> int:
+    """The smallest nominalConcurrencyShares that give a priority level exactly ``seats``
+    seats, next to levels holding ``other_shares`` shares in all."""
+    shares = 1
+    while apf_nominal_seats(server_concurrency_limit, shares, other_shares) < seats:
+        shares += 1
+        if shares > 1_000_000:
+            break
+    got = apf_nominal_seats(server_concurrency_limit, shares, other_shares)
+    if got != seats:
+        raise ValueError(
+            f"no nominalConcurrencyShares gives {seats} seats out of {server_concurrency_limit} "
+            f"next to {other_shares} other shares (closest: {got})"
+        )
+    return shares
+
+
+def apf_priority_level_manifest(name: str, shares: int) -> dict[str, Any]:
+    """A Limited priority level that rejects (429) at once when its seats are taken: no
+    queues, lends nothing and borrows nothing, so its limit is exactly its nominal seats."""
+    return {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "PriorityLevelConfiguration",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "Limited",
+            "limited": {
+                "nominalConcurrencyShares": shares,
+                "lendablePercent": 0,
+                "borrowingLimitPercent": 0,
+                "limitResponse": {"type": "Reject"},
+            },
+        },
+    }
+
+
+def apf_flow_schema_manifest(
+    name: str,
+    priority_level: str,
+    service_account: str,
+    namespace: str,
+    matching_precedence: int = APF_MATCHING_PRECEDENCE,
+) -> dict[str, Any]:
+    """A FlowSchema sending every request of one ServiceAccount (all verbs, resources and
+    non-resource URLs) to ``priority_level``; nobody else matches it."""
+    return {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": name},
+        "spec": {
+            "priorityLevelConfiguration": {"name": priority_level},
+            "matchingPrecedence": matching_precedence,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [
+                {
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "serviceAccount": {"name": service_account, "namespace": namespace},
+                        }
+                    ],
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "clusterScope": True,
+                            "namespaces": ["*"],
+                        }
+                    ],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }
+            ],
+        },
+    }
+
+
+def default_storage_class_manifest(name: str = DEFAULT_STORAGE_CLASS) -> dict[str, Any]:
+    """The cluster's default StorageClass: hostPath PVs, bound at once, deleted with the PVC."""
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": name,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": HOSTPATH_PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+    }
+
+
+_METRIC_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_METRIC_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_samples(metrics_text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in Prometheus text format, as (labels, value)."""
+    samples = []
+    for line in metrics_text.splitlines():
+        if not line.startswith(name):
+            continue
+        match = _METRIC_LINE.match(line)
+        if match is None or match.group(1) != name:
+            continue
+        labels = {key: value for key, value in _METRIC_LABEL.findall(match.group(2) or "")}
+        samples.append((labels, float(match.group(3))))
+    return samples
+
+
+def count_429s(metrics_text: str) -> dict[tuple[str, str], int]:
+    """HTTP 429s kube-apiserver answered, by (verb, resource), from its /metrics
+    (``apiserver_request_total{code="429"}``; verbs as it reports them: a rejected create is
+    POST (its HTTP method: rejection comes before the handler), reads GET, LIST and WATCH;
+    resource "" for non-resource URLs). Dry-run and real requests are summed."""
+    counts: dict[tuple[str, str], int] = {}
+    for labels, value in metric_samples(metrics_text, "apiserver_request_total"):
+        if labels.get("code") == "429" and value:
+            key = (labels.get("verb", ""), labels.get("resource", ""))
+            counts[key] = counts.get(key, 0) + int(value)
+    return counts
+
+
+def by_verb(counts: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """``count_429s`` summed over resources: {verb: count}."""
+    totals: dict[str, int] = {}
+    for (verb, _resource), count in counts.items():
+        totals[verb] = totals.get(verb, 0) + count
+    return totals
+
+
 def apiserver_command(
     binary: Path,
     *,
@@ -233,8 +433,13 @@ def apiserver_command(
     token_file: Path,
     service_account_key: Path,
     throttle: Throttle | None = None,
+    apf: ApfThrottle | None = None,
 ) -> list[str]:
-    """kube-apiserver on loopback with RBAC, a static admin token and ServiceAccount tokens."""
+    """kube-apiserver on loopback with RBAC, a static admin token and ServiceAccount tokens.
+    ``throttle``: APF off, small in-flight limits; ``apf``: APF on (the default) with a small
+    total concurrency limit."""
+    if throttle is not None and apf is not None:
+        raise ValueError("throttle (APF off) and apf (APF on) exclude each other")
     command = [
         str(binary),
         f"--etcd-servers=http://{LOOPBACK}:{etcd_port}",
@@ -261,7 +466,34 @@ def apiserver_command(
             f"--max-requests-inflight={throttle.max_requests_inflight}",
             f"--max-mutating-requests-inflight={throttle.max_mutating_requests_inflight}",
         ]
+    if apf is not None:
+        command += [
+            "--enable-priority-and-fairness=true",
+            f"--max-requests-inflight={apf.max_requests_inflight}",
+            f"--max-mutating-requests-inflight={apf.max_mutating_requests_inflight}",
+        ]
     return command
+
+
+def controller_manager_command(
+    binary: Path,
+    admin_kubeconfig: Path,
+    secure_port: int,
+    controllers: Sequence[str] = CONTROLLER_MANAGER_CONTROLLERS,
+) -> list[str]:
+    """The real kube-controller-manager running only ``controllers`` (no leader election),
+    with the hostPath provisioner on, serving health on loopback."""
+    return [
+        str(binary),
+        f"--kubeconfig={admin_kubeconfig}",
+        f"--controllers={','.join(controllers)}",
+        "--enable-hostpath-provisioner=true",
+        "--use-service-account-credentials=false",
+        "--leader-elect=false",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={secure_port}",
+        "--profiling=false",
+    ]
 
 
 def scheduler_command(binary: Path, admin_kubeconfig: Path, secure_port: int) -> list[str]:
@@ -482,7 +714,8 @@ def unverified_tls() -> ssl.SSLContext:
 
 def build_binaries(log_path: Path | None = None) -> Path:
     """Run tests/k8s/build.sh (a no-op when the binaries are cached) and return the directory
-    holding etcd, kube-apiserver, kube-scheduler, kwok and kwok-stages/."""
+    holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and
+    kwok-stages/."""
     if shutil.which("bash") is None:
         raise ClusterError("bash is required to run tests/k8s/build.sh")
     log_path = log_path or Path(tempfile.gettempdir()) / "hub-resilience-k8s-build.log"
@@ -500,7 +733,14 @@ def build_binaries(log_path: Path | None = None) -> Path:
     bin_dir = Path(lines[-1]) if lines else None
     missing = [
         name
-        for name in ("etcd", "kube-apiserver", "kube-scheduler", "kwok", "kwok-stages")
+        for name in (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            "kwok-stages",
+        )
         if bin_dir is None or not (bin_dir / name).exists()
     ]
     if missing:
@@ -525,6 +765,58 @@ class ApiEndpoint:
     log: Path
 
 
+@dataclass(frozen=True)
+class ApfEndpoint(ApiEndpoint):
+    """A kube-apiserver with API Priority and Fairness on, where ``kubeconfig``'s identity (the
+    ServiceAccount ``service_account``, with the hub's Role) is classified by the FlowSchema
+    ``flow_schema`` into the priority level ``priority_level`` of ``seats`` seats: its creates,
+    reads and watches beyond that get 429. ``admin_kubeconfig`` is exempt."""
+
+    service_account: str
+    priority_level: str
+    flow_schema: str
+    seats: int
+    shares: int
+    throttle: ApfThrottle
+
+
+def admin_get(endpoint: ApiEndpoint, path: str, timeout: float = 10.0) -> str:
+    """GET ``path`` from ``endpoint`` with its admin kubeconfig's token, verifying the server
+    against that kubeconfig's CA; raises urllib.error.URLError/HTTPError as urlopen does."""
+    config = yaml.safe_load(endpoint.admin_kubeconfig.read_text())
+    token = config["users"][0]["user"]["token"]
+    ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    request = urllib.request.Request(f"{endpoint.server}{path}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+        return response.read().decode()
+
+
+def apiserver_ready(endpoint: ApiEndpoint) -> bool:
+    """True if ``endpoint``'s /readyz answers ok (its certificate verified by the kubeconfig)."""
+    try:
+        return admin_get(endpoint, "/readyz", timeout=5).strip() == "ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def apiserver_metrics(endpoint: ApiEndpoint, timeout: float = 10.0) -> str:
+    """kube-apiserver's own /metrics (Prometheus text), read with the admin token."""
+    return admin_get(endpoint, "/metrics", timeout)
+
+
+def requests_429(endpoint: ApiEndpoint) -> dict[tuple[str, str], int]:
+    """The 429s ``endpoint``'s kube-apiserver has answered since it (re)started, by
+    (verb, resource), e.g. ``{("POST", "pods"): 12, ("WATCH", "pods"): 3}``."""
+    return count_429s(apiserver_metrics(endpoint))
+
+
+def requests_429_by_verb(endpoint: ApiEndpoint) -> dict[str, int]:
+    """``requests_429`` summed over resources, e.g. ``{"POST": 12, "WATCH": 3}``."""
+    return by_verb(requests_429(endpoint))
+
+
 @dataclass
 class LocalCluster:
     """The control plane and its fake nodes. ``start()`` brings everything up and raises
@@ -545,6 +837,10 @@ class LocalCluster:
         self.log_dir = self.work_dir / "logs"
         self._processes: list[ManagedProcess] = []
         self._throttled: dict[Throttle, ApiEndpoint] = {}
+        self._apf: dict[ApfThrottle, ApfEndpoint] = {}
+        #: Each API server's process, by endpoint.server, for stop_apiserver/start_apiserver.
+        self._apiservers: dict[str, ManagedProcess] = {}
+        self._paused: set[str] = set()
         self._admin_token = secrets.token_hex(24)
         self._hub_token: str | None = None
         self._etcd_data: Path | None = None
@@ -575,8 +871,19 @@ class LocalCluster:
         return {process.name: process.log for process in self._processes}
 
     def exited_process(self) -> ManagedProcess | None:
-        """The first process that is no longer running, if any (they should all run)."""
-        return next((p for p in self._processes if p.exit_code() is not None), None)
+        """The first process that is no longer running, if any (they should all run; an API
+        server stopped by ``stop_apiserver`` does not count)."""
+        return next(
+            (
+                p
+                for p in self._processes
+                if p.exit_code() is not None and id(p) not in self._paused_ids()
+            ),
+            None,
+        )
+
+    def _paused_ids(self) -> set[int]:
+        return {id(self._apiservers[server]) for server in self._paused}
 
     def admin_client(self) -> ApiClient:
         """A ``kubernetes.client.ApiClient`` with admin rights (close it when done)."""
@@ -606,6 +913,71 @@ class LocalCluster:
             self._throttled[throttle] = self._start_apiserver(name, throttle)
         return self._throttled[throttle]
 
+    def apf_endpoint(
+        self,
+        seats: int = 1,
+        max_requests_inflight: int = 20,
+        max_mutating_requests_inflight: int = 10,
+    ) -> ApfEndpoint:
+        """A second kube-apiserver on the same etcd, API Priority and Fairness on, whose
+        ``kubeconfig`` is a ServiceAccount with the hub's Role that a FlowSchema puts in a
+        priority level of ``seats`` seats (Reject, no queues, no borrowing): its creates,
+        gets, lists and watches beyond that get 429, as on a managed cluster. Started on first
+        use and reused for the same arguments; the first such endpoint's ServiceAccount,
+        FlowSchema and priority level are all named "hub-throttled"."""
+        apf = ApfThrottle(seats, max_requests_inflight, max_mutating_requests_inflight)
+        if self._stopped:
+            raise ClusterError("the cluster is stopped")
+        if apf not in self._apf:
+            self._apf[apf] = self._start_apf_endpoint(apf, index=len(self._apf))
+        return self._apf[apf]
+
+    # -- restarting an API server ------------------------------------------------------------
+
+    def _apiserver_process(self, endpoint: ApiEndpoint) -> ManagedProcess:
+        try:
+            return self._apiservers[endpoint.server]
+        except KeyError:
+            raise ClusterError(f"no API server of this cluster serves {endpoint.server}") from None
+
+    def stop_apiserver(self, endpoint: ApiEndpoint) -> None:
+        """Stop ``endpoint``'s kube-apiserver (SIGTERM, then SIGKILL): connections to its
+        address are refused until ``start_apiserver``. etcd and everything in it stay."""
+        process = self._apiserver_process(endpoint)
+        self._paused.add(endpoint.server)
+        process.stop()
+
+    def start_apiserver(self, endpoint: ApiEndpoint) -> None:
+        """Start ``endpoint``'s kube-apiserver again, with the same command line: the same port
+        and the same self-signed certificate (kept in its --cert-dir), so clients holding the
+        endpoint's kubeconfigs reconnect to it unchanged. Returns once /readyz is OK."""
+        process = self._apiserver_process(endpoint)
+        if self._stopped:
+            raise ClusterError("the cluster is stopped")
+        if process.exit_code() is None and endpoint.server not in self._paused:
+            return  # running already
+        process.start()
+        self._paused.discard(endpoint.server)
+        self._wait_apiserver_ready(process.name, endpoint.server, process)
+        ca_now = last_ca_certificate((self._cert_dir(process.name) / "apiserver.crt").read_bytes())
+        config = yaml.safe_load(endpoint.admin_kubeconfig.read_text())
+        ca_before = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+        if ca_now != ca_before:
+            raise ClusterError(f"{process.name} came back with a different certificate")
+        if isinstance(endpoint, ApfEndpoint):
+            self._wait_apf_applied(endpoint)
+
+    @contextlib.contextmanager
+    def apiserver_down(self, endpoint: ApiEndpoint) -> Iterator[None]:
+        """``with cluster.apiserver_down(endpoint): ...``: the API server is stopped inside the
+        block and started again (ready) when it ends, whatever happened in it."""
+        self.stop_apiserver(endpoint)
+        try:
+            yield
+        finally:
+            if not self._stopped:
+                self.start_apiserver(endpoint)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> LocalCluster:
@@ -616,7 +988,9 @@ class LocalCluster:
             self._start_etcd()
             self.api = self._start_apiserver("kube-apiserver", None)
             self._configure_hub_access()
+            self._create_default_storage_class()
             self._start_scheduler()
+            self._start_controller_manager()
             self._start_kwok()
             self._create_nodes()
             self._start_responder()
@@ -630,6 +1004,7 @@ class LocalCluster:
         # Reverse start order: clients of the API server first, etcd last (kube-apiserver
         # hangs in shutdown if etcd is already gone).
         self._stopped = True
+        self._remove_hostpath_volumes()
         for process in reversed(self._processes):
             process.stop()
         if self._etcd_data is not None:
@@ -685,9 +1060,25 @@ class LocalCluster:
             process=process,
         )
 
-    def _start_apiserver(self, name: str, throttle: Throttle | None) -> ApiEndpoint:
+    def _cert_dir(self, name: str) -> Path:
+        return self.work_dir / f"{name}-certs"
+
+    def _wait_apiserver_ready(self, name: str, server: str, process: ManagedProcess) -> None:
+        # Unverified only for this probe of our own child: its certificate file is complete
+        # once it serves, and every kubeconfig then verifies against that certificate's CA.
+        context = unverified_tls()
+        wait_until(
+            lambda: http_ok(f"{server}/readyz", context=context, token=self._admin_token),
+            timeout=APISERVER_START_TIMEOUT,
+            what=f"{name} /readyz",
+            process=process,
+        )
+
+    def _start_apiserver(
+        self, name: str, throttle: Throttle | None, apf: ApfThrottle | None = None
+    ) -> ApiEndpoint:
         port = free_port()
-        cert_dir = self.work_dir / f"{name}-certs"
+        cert_dir = self._cert_dir(name)
         process = self._launch(
             name,
             apiserver_command(
@@ -698,18 +1089,12 @@ class LocalCluster:
                 token_file=self._token_file,
                 service_account_key=self._sa_key,
                 throttle=throttle,
+                apf=apf,
             ),
         )
         server = f"https://{LOOPBACK}:{port}"
-        # Unverified only for this probe of our own child: its certificate file is complete
-        # once it serves, and every kubeconfig then verifies against that certificate's CA.
-        context = unverified_tls()
-        wait_until(
-            lambda: http_ok(f"{server}/readyz", context=context, token=self._admin_token),
-            timeout=APISERVER_START_TIMEOUT,
-            what=f"{name} /readyz",
-            process=process,
-        )
+        self._apiservers[server] = process
+        self._wait_apiserver_ready(name, server, process)
         ca_pem = last_ca_certificate((cert_dir / "apiserver.crt").read_bytes())
         admin = self.work_dir / f"{name}-admin.kubeconfig"
         self._write_kubeconfig(
@@ -773,6 +1158,169 @@ class LocalCluster:
             api.kubeconfig,
             kubeconfig(api.server, ca_pem, HUB_SERVICE_ACCOUNT, self._hub_token, self.namespace),
         )
+
+    def _bound_service_account_token(self, name: str) -> str:
+        """A ServiceAccount ``name`` in the hub namespace bound to the hub's Role, and a real
+        token for it from the TokenRequest API."""
+        from kubernetes import client
+
+        ns = self.namespace
+        with self.admin_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            rbac = client.RbacAuthorizationV1Api(api_client)
+            core.create_namespaced_service_account(ns, {"metadata": {"name": name}})
+            rbac.create_namespaced_role_binding(
+                ns,
+                {
+                    "metadata": {"name": name},
+                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "hub",
+                    },
+                },
+            )
+            token_request = core.create_namespaced_service_account_token(
+                name, ns, {"spec": {"expirationSeconds": 7 * 24 * 3600}}
+            )
+        if token_request.status is None:
+            raise ClusterError(f"the TokenRequest for ServiceAccount {name} returned no token")
+        return str(token_request.status.token)
+
+    def _start_apf_endpoint(self, apf: ApfThrottle, index: int) -> ApfEndpoint:
+        from kubernetes import client
+
+        name = (
+            HUB_THROTTLED_SERVICE_ACCOUNT
+            if index == 0
+            else f"{HUB_THROTTLED_SERVICE_ACCOUNT}-{index + 1}"
+        )
+        token = self._bound_service_account_token(name)
+        with self.admin_client() as api_client:
+            flowcontrol = client.FlowcontrolApiserverV1Api(api_client)
+            other_shares = 0
+            for level in flowcontrol.list_priority_level_configuration().items:
+                spec = level.spec
+                if spec.limited is not None:
+                    other_shares += spec.limited.nominal_concurrency_shares or 0
+                elif spec.exempt is not None:
+                    other_shares += spec.exempt.nominal_concurrency_shares or 0
+            shares = apf_shares_for_seats(apf.seats, apf.server_concurrency_limit, other_shares)
+            flowcontrol.create_priority_level_configuration(
+                apf_priority_level_manifest(name, shares)
+            )
+            flowcontrol.create_flow_schema(
+                apf_flow_schema_manifest(name, name, name, self.namespace)
+            )
+        process_name = (
+            f"kube-apiserver-apf-{apf.seats}-{apf.max_requests_inflight}"
+            f"-{apf.max_mutating_requests_inflight}"
+        )
+        plain = self._start_apiserver(process_name, None, apf)
+        ca_pem = base64.b64decode(
+            yaml.safe_load(plain.admin_kubeconfig.read_text())["clusters"][0]["cluster"][
+                "certificate-authority-data"
+            ]
+        )
+        throttled_kubeconfig = self.work_dir / f"{process_name}-{name}.kubeconfig"
+        self._write_kubeconfig(
+            throttled_kubeconfig, kubeconfig(plain.server, ca_pem, name, token, self.namespace)
+        )
+        endpoint = ApfEndpoint(
+            server=plain.server,
+            kubeconfig=throttled_kubeconfig,
+            admin_kubeconfig=plain.admin_kubeconfig,
+            log=plain.log,
+            service_account=name,
+            priority_level=name,
+            flow_schema=name,
+            seats=apf.seats,
+            shares=shares,
+            throttle=apf,
+        )
+        self._wait_apf_applied(endpoint)
+        return endpoint
+
+    def _wait_apf_applied(self, endpoint: ApfEndpoint) -> None:
+        """Wait until the API server applies the endpoint's priority level (it reads APF
+        objects from etcd through a watch) with the number of seats asked for."""
+        name = endpoint.priority_level
+        process = self._apiservers[endpoint.server]
+        seen: list[float] = []
+
+        def applied() -> bool:
+            seen[:] = [
+                value
+                for labels, value in metric_samples(
+                    apiserver_metrics(endpoint), "apiserver_flowcontrol_nominal_limit_seats"
+                )
+                if labels.get("priority_level") == name
+            ]
+            return seen == [float(endpoint.seats)]
+
+        try:
+            wait_until(
+                applied,
+                timeout=COMPONENT_START_TIMEOUT,
+                what=f"{process.name} to give priority level {name} {endpoint.seats} seat(s)",
+                process=process,
+            )
+        except ClusterError as error:
+            raise ClusterError(
+                f"{error} (apiserver_flowcontrol_nominal_limit_seats: {seen})"
+            ) from None
+
+    def _create_default_storage_class(self) -> None:
+        from kubernetes import client
+
+        with self.admin_client() as api_client:
+            client.StorageV1Api(api_client).create_storage_class(default_storage_class_manifest())
+
+    def _start_controller_manager(self) -> None:
+        port = free_port()
+        process = self._launch(
+            "kube-controller-manager",
+            controller_manager_command(
+                self.bin_dir / "kube-controller-manager", self.admin_kubeconfig, port
+            ),
+        )
+        context = unverified_tls()
+        wait_until(
+            lambda: http_ok(f"https://{LOOPBACK}:{port}/healthz", context=context),
+            timeout=COMPONENT_START_TIMEOUT,
+            what="kube-controller-manager /healthz",
+            process=process,
+        )
+
+    def _remove_hostpath_volumes(self) -> None:
+        """Remove the directories the hostPath provisioner made for this cluster's PVs that
+        are still there (it makes them under /tmp/hostpath_pv/, outside the work directory;
+        its deleter removes each one with its PV)."""
+        api = self.api
+        if api is None or self._apiservers.get(api.server) is None:
+            return
+        if self._apiservers[api.server].exit_code() is not None:
+            return
+        try:
+            from kubernetes import client
+
+            with self.admin_client() as api_client:
+                volumes = (
+                    client.CoreV1Api(api_client).list_persistent_volume(_request_timeout=5).items
+                )
+        except Exception:  # noqa: BLE001 - best effort, at shutdown
+            return
+        for volume in volumes:
+            if volume.metadata is None or volume.spec is None:
+                continue
+            annotations = volume.metadata.annotations or {}
+            host_path = volume.spec.host_path
+            if annotations.get("pv.kubernetes.io/provisioned-by") != HOSTPATH_PROVISIONER:
+                continue
+            if host_path is None or Path(host_path.path).parent != HOSTPATH_PV_ROOT:
+                continue
+            shutil.rmtree(host_path.path, ignore_errors=True)
 
     def _start_scheduler(self) -> None:
         port = free_port()
@@ -907,6 +1455,12 @@ def _run_up(args: argparse.Namespace) -> int:
                 f"# throttled API server ({reads}/{writes} in flight): "
                 f"export KUBECONFIG={endpoint.kubeconfig}"
             )
+        if args.apf is not None:
+            apf = cluster.apf_endpoint(seats=args.apf)
+            lines.append(
+                f"# APF-throttled API server ({apf.seats} seat(s) for ServiceAccount "
+                f"{apf.service_account}): export KUBECONFIG={apf.kubeconfig}"
+            )
         lines.append(f"# logs: {cluster.log_dir}")
         lines.append("# Ctrl-C stops the cluster")
         print("\n".join(lines), flush=True)
@@ -941,6 +1495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("READS", "WRITES"),
         help="also start a throttled API server with these --max-requests-inflight and "
         "--max-mutating-requests-inflight",
+    )
+    up.add_argument(
+        "--apf",
+        type=int,
+        metavar="SEATS",
+        help="also start the API Priority and Fairness throttled API server, its priority "
+        "level given SEATS seats",
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:

@@ -9,31 +9,49 @@ kube-scheduler. The unmarked tests check the harness's pure helpers without star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.k8s.cluster import (
+    APF_MATCHING_PRECEDENCE,
+    HOSTPATH_PROVISIONER,
     POD_NETWORK,
+    ApfEndpoint,
+    ApfThrottle,
     LocalCluster,
     NodeShape,
     Throttle,
+    apf_flow_schema_manifest,
+    apf_nominal_seats,
+    apf_priority_level_manifest,
+    apf_shares_for_seats,
     apiserver_command,
+    apiserver_ready,
+    by_verb,
+    controller_manager_command,
+    count_429s,
     decode_proc_net_address,
+    default_storage_class_manifest,
     last_ca_certificate,
     node_manifest,
+    requests_429,
     tail,
     wait_until,
 )
@@ -83,6 +101,108 @@ def test_apiserver_command_binds_loopback_and_throttles_only_when_asked(tmp_path
     assert "--enable-priority-and-fairness=false" in throttled
     assert "--max-requests-inflight=3" in throttled
     assert "--max-mutating-requests-inflight=2" in throttled
+
+
+def test_apiserver_command_with_apf_keeps_apf_on_with_a_small_total_limit(tmp_path: Any) -> None:
+    common = dict(
+        etcd_port=1,
+        secure_port=2,
+        cert_dir=tmp_path,
+        token_file=tmp_path / "t",
+        service_account_key=tmp_path / "k",
+    )
+    command = apiserver_command(tmp_path / "kube-apiserver", apf=ApfThrottle(1, 20, 10), **common)
+    assert "--enable-priority-and-fairness=true" in command
+    assert "--max-requests-inflight=20" in command
+    assert "--max-mutating-requests-inflight=10" in command
+    with pytest.raises(ValueError, match="exclude"):
+        apiserver_command(
+            tmp_path / "kube-apiserver", throttle=Throttle(1, 1), apf=ApfThrottle(), **common
+        )
+
+
+def test_apf_throttle_refuses_seats_the_server_cannot_give() -> None:
+    assert ApfThrottle().server_concurrency_limit == 30
+    with pytest.raises(ValueError, match="seats"):
+        ApfThrottle(seats=0)
+    with pytest.raises(ValueError, match="below the server's concurrency limit"):
+        ApfThrottle(seats=30, max_requests_inflight=20, max_mutating_requests_inflight=10)
+
+
+def test_apf_shares_give_exactly_the_seats_asked_for() -> None:
+    # v1.36's suggested and mandatory priority levels hold 245 shares in all.
+    assert apf_nominal_seats(30, 1, 245) == 1  # ceil(30 * 1 / 246)
+    assert apf_shares_for_seats(1, 30, 245) == 1
+    assert apf_shares_for_seats(2, 30, 245) == 9  # ceil(270 / 254) == 2, ceil(240 / 253) == 1
+    for seats in (1, 2, 3, 5):
+        shares = apf_shares_for_seats(seats, 30, 245)
+        assert apf_nominal_seats(30, shares, 245) == seats
+    with pytest.raises(ValueError, match="no nominalConcurrencyShares"):
+        apf_shares_for_seats(31, 30, 245)
+
+
+def test_apf_manifests_reject_at_once_and_match_only_the_throttled_service_account() -> None:
+    level = apf_priority_level_manifest("hub-throttled", 3)["spec"]
+    assert level["type"] == "Limited"
+    assert level["limited"] == {
+        "nominalConcurrencyShares": 3,
+        "lendablePercent": 0,
+        "borrowingLimitPercent": 0,
+        "limitResponse": {"type": "Reject"},
+    }
+    schema = apf_flow_schema_manifest("hub-throttled", "hub-throttled", "hub-throttled", "hub")
+    spec = schema["spec"]
+    assert spec["priorityLevelConfiguration"] == {"name": "hub-throttled"}
+    # Before "service-accounts" (9000) and "global-default" (9900), which would match it too.
+    assert spec["matchingPrecedence"] == APF_MATCHING_PRECEDENCE < 9000
+    (rule,) = spec["rules"]
+    assert rule["subjects"] == [
+        {"kind": "ServiceAccount", "serviceAccount": {"name": "hub-throttled", "namespace": "hub"}}
+    ]
+    (resources,) = rule["resourceRules"]
+    assert resources["verbs"] == resources["apiGroups"] == resources["resources"] == ["*"]
+    assert resources["clusterScope"] is True and resources["namespaces"] == ["*"]
+    assert rule["nonResourceRules"] == [{"verbs": ["*"], "nonResourceURLs": ["*"]}]
+
+
+def test_controller_manager_runs_only_the_pv_binder_on_loopback(tmp_path: Any) -> None:
+    command = controller_manager_command(tmp_path / "kcm", tmp_path / "admin.kubeconfig", 5)
+    assert "--controllers=persistentvolume-binder-controller" in command
+    assert "--enable-hostpath-provisioner=true" in command
+    assert "--leader-elect=false" in command
+    assert "--bind-address=127.0.0.1" in command
+    assert "--secure-port=5" in command
+    assert f"--kubeconfig={tmp_path / 'admin.kubeconfig'}" in command
+
+
+def test_default_storage_class_binds_at_once_and_deletes_with_the_claim() -> None:
+    storage_class = default_storage_class_manifest()
+    annotations = storage_class["metadata"]["annotations"]
+    assert annotations["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert storage_class["provisioner"] == HOSTPATH_PROVISIONER == "kubernetes.io/host-path"
+    assert storage_class["volumeBindingMode"] == "Immediate"
+    assert storage_class["reclaimPolicy"] == "Delete"
+
+
+#: As kube-apiserver writes it, minus labels the count ignores (component, group, scope, ...).
+METRICS_SAMPLE = """\
+# HELP apiserver_request_total [STABLE] Counter of apiserver requests
+# TYPE apiserver_request_total counter
+apiserver_request_total{code="200",dry_run="",resource="pods",verb="LIST",version="v1"} 7
+apiserver_request_total{code="429",dry_run="All",resource="pods",verb="POST",version="v1"} 4
+apiserver_request_total{code="429",dry_run="",resource="pods",verb="POST",version="v1"} 1
+apiserver_request_total{code="429",dry_run="",resource="pods",verb="WATCH",version="v1"} 3
+apiserver_request_total{code="429",dry_run="",resource="secrets",verb="LIST",version="v1"} 2
+apiserver_request_total{code="429",dry_run="",resource="",verb="GET",version=""} 0
+apiserver_request_total_other{code="429",verb="GET",resource="pods"} 9
+"""
+
+
+def test_429s_are_counted_by_verb_and_resource_from_the_metrics_text() -> None:
+    counts = count_429s(METRICS_SAMPLE)
+    assert counts == {("POST", "pods"): 5, ("WATCH", "pods"): 3, ("LIST", "secrets"): 2}
+    assert by_verb(counts) == {"POST": 5, "WATCH": 3, "LIST": 2}
+    assert count_429s("") == {}
 
 
 def test_ca_is_taken_from_the_self_signed_bundle() -> None:
@@ -305,7 +425,8 @@ def test_fake_nodes_are_ready_with_the_configured_capacity(
 @pytest.mark.k8s
 def test_every_process_listens_on_loopback_only(k8s_cluster: LocalCluster) -> None:
     sockets = k8s_cluster.listening_sockets()
-    assert {"etcd", "kube-apiserver", "kube-scheduler", "kwok", "responder"} <= set(sockets)
+    expected = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    assert expected | {"responder"} <= set(sockets)
     for name, addresses in sockets.items():
         assert addresses, f"{name} listens on nothing"
         outside = [a for a in addresses if not ipaddress.ip_address(a[0]).is_loopback]
@@ -571,3 +692,201 @@ async def test_throttled_endpoint_answers_429_to_the_hub_under_concurrent_load(
     assert counts.get(429, 0) > 0, counts
     assert counts.get(200, 0) > 0, counts
     assert set(counts) <= {200, 429}, counts
+
+
+def pvc_manifest(name: str) -> dict[str, Any]:
+    """What KubeSpawner creates with z2jh's default (singleuser.storage.type: dynamic):
+    storage_class unset, ReadWriteOnce, 10Gi."""
+    return {
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
+    }
+
+
+def gone(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except ApiException as error:
+        return error.status == 404
+    return False
+
+
+@pytest.mark.k8s
+def test_pvc_is_bound_a_pod_mounting_it_runs_and_deleting_the_claim_deletes_the_volume(
+    k8s_cluster: LocalCluster,
+    core_hub: client.CoreV1Api,
+    core_admin: client.CoreV1Api,
+    make_pod: Callable[..., str],
+) -> None:
+    ns = k8s_cluster.namespace
+    claim = f"claim-{secrets.token_hex(3)}"
+    started = time.monotonic()
+    core_hub.create_namespaced_persistent_volume_claim(ns, pvc_manifest(claim))
+    try:
+        wait_until(
+            lambda: (
+                core_hub.read_namespaced_persistent_volume_claim(claim, ns).status.phase == "Bound"
+            ),
+            timeout=STATE_TIMEOUT,
+            what=f"PVC {claim} to be Bound (kube-controller-manager's PV binder)",
+        )
+        bound_after = time.monotonic() - started
+        pvc = core_hub.read_namespaced_persistent_volume_claim(claim, ns)
+        assert pvc.spec.storage_class_name == "standard"  # the default StorageClass
+        volume = core_admin.read_persistent_volume(pvc.spec.volume_name)
+        assert volume.spec.host_path is not None and volume.spec.capacity["storage"] == "10Gi"
+        assert volume.spec.persistent_volume_reclaim_policy == "Delete"
+        assert not pvc.metadata.finalizers  # nothing will keep a deleted claim Terminating
+        host_dir = volume.spec.host_path.path
+        assert os.path.isdir(host_dir)
+
+        name = make_pod(
+            "jupyter-pvc",
+            containers=[
+                {**notebook_container(), "volumeMounts": [{"name": "home", "mountPath": "/home"}]}
+            ],
+            volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": claim}}],
+        )
+        pod = wait_pod(core_hub, k8s_cluster, name, "to be Running and Ready", is_running_and_ready)
+        assert pod.spec.node_name
+        print(f"PVC {claim} Bound after {bound_after:.1f}s to {volume.metadata.name} ({host_dir})")
+
+        core_hub.delete_namespaced_pod(name, ns, grace_period_seconds=1)
+        wait_until(
+            lambda: gone(lambda: read_pod(core_hub, k8s_cluster, name)),
+            timeout=STATE_TIMEOUT,
+            what=f"pod {name} to be removed",
+        )
+    finally:
+        with contextlib.suppress(ApiException):
+            core_hub.delete_namespaced_persistent_volume_claim(claim, ns)
+    wait_until(
+        lambda: gone(lambda: core_hub.read_namespaced_persistent_volume_claim(claim, ns)),
+        timeout=STATE_TIMEOUT,
+        what=f"PVC {claim} to be deleted",
+    )
+    # Reclaim policy Delete: the binder deletes the PV (and the hostPath deleter its directory).
+    wait_until(
+        lambda: gone(lambda: core_admin.read_persistent_volume(volume.metadata.name)),
+        timeout=STATE_TIMEOUT,
+        what=f"PV {volume.metadata.name} to be deleted with its claim",
+    )
+    assert not os.path.exists(host_dir)
+
+
+async def throttled_burst(
+    endpoint: ApfEndpoint, namespace: str, per_kind: int = 15, rounds: int = 10
+) -> tuple[dict[str, dict[int, int]], set[str]]:
+    """Concurrent dry-run creates, GETs, LISTs and WATCHes through kubernetes_asyncio (the
+    client KubeSpawner uses) with the endpoint's throttled identity, in rounds until each kind
+    has seen a 429. Returns {kind: {status: count}} and the Retry-After values seen."""
+    from kubernetes_asyncio import client as aclient
+    from kubernetes_asyncio import config as aconfig
+
+    configuration = aclient.Configuration()
+    await aconfig.load_kube_config(
+        config_file=str(endpoint.kubeconfig), client_configuration=configuration
+    )
+    configuration.connection_pool_maxsize = 4 * per_kind
+    api_client = aclient.ApiClient(configuration)
+    core = aclient.CoreV1Api(api_client)
+    statuses: dict[str, dict[int, int]] = {k: {} for k in ("create", "get", "list", "watch")}
+    retry_after: set[str] = set()
+
+    def record(kind: str, status: int, headers: Any) -> None:
+        statuses[kind][status] = statuses[kind].get(status, 0) + 1
+        if status == 429 and headers is not None and headers.get("Retry-After"):
+            retry_after.add(headers["Retry-After"])
+
+    async def one(kind: str, index: int) -> None:
+        try:
+            if kind == "create":
+                body = {
+                    "metadata": {"name": f"dry-{index}"},
+                    "spec": {"containers": [notebook_container()]},
+                }
+                await core.create_namespaced_pod(namespace, body, dry_run="All")
+            elif kind == "get":
+                await core.read_namespaced_pod("no-such-pod", namespace)
+            elif kind == "list":
+                await core.list_namespaced_pod(namespace)
+            else:  # a real WATCH request, closed as soon as its status is known
+                response = await core.list_namespaced_pod(
+                    namespace, watch=True, timeout_seconds=1, _preload_content=False
+                )
+                record(kind, response.status, response.headers)
+                response.close()
+                return
+            record(kind, 200, None)
+        except aclient.ApiException as error:
+            record(kind, error.status, error.headers)
+
+    try:
+        for _ in range(rounds):
+            await asyncio.gather(*(one(kind, i) for i in range(per_kind) for kind in statuses))
+            if all(429 in by_status for by_status in statuses.values()):
+                break
+    finally:
+        await api_client.close()
+    return statuses, retry_after
+
+
+@pytest.mark.k8s
+async def test_apf_endpoint_answers_429_to_creates_reads_and_watches(
+    k8s_cluster: LocalCluster,
+) -> None:
+    endpoint = k8s_cluster.apf_endpoint(seats=1)
+    assert endpoint.service_account == "hub-throttled" and endpoint.seats == 1
+    before = requests_429(endpoint)
+
+    statuses, retry_after = await throttled_burst(endpoint, k8s_cluster.namespace)
+
+    after = requests_429(endpoint)
+    delta = {
+        key: after[key] - before.get(key, 0) for key in after if after[key] > before.get(key, 0)
+    }
+    print(f"APF endpoint {endpoint.server} ({endpoint.seats} seat, shares {endpoint.shares}):")
+    print(f"  client saw {statuses}; Retry-After {sorted(retry_after)}")
+    print(f"  apiserver_request_total{{code=429}} by (verb, resource): {delta}")
+    for kind, by_status in statuses.items():
+        assert by_status.get(429, 0) > 0, (kind, statuses)
+        # What got through was served (a GET of a missing pod is a served 404).
+        assert set(by_status) <= {200, 404, 429}, (kind, statuses)
+    # kube-apiserver labels a rejected create with its HTTP method, POST (a rejected request
+    # never reaches the handler that would name it CREATE); reads are GET, LIST and WATCH.
+    verbs = by_verb(delta)
+    assert verbs.get("POST", 0) > 0 and verbs.get("WATCH", 0) > 0, delta
+    assert verbs.get("GET", 0) + verbs.get("LIST", 0) > 0, delta
+    assert retry_after and all(value.isdigit() and int(value) >= 1 for value in retry_after)
+
+
+@pytest.mark.k8s
+async def test_apf_endpoint_restarts_on_the_same_address_and_still_throttles(
+    k8s_cluster: LocalCluster,
+) -> None:
+    from kubernetes import config
+
+    endpoint = k8s_cluster.apf_endpoint(seats=1)
+    host, port = endpoint.server.removeprefix("https://").rsplit(":", 1)
+    # A client created before the restart, holding the kubeconfig: it must reconnect.
+    held = config.new_client_from_config(config_file=str(endpoint.kubeconfig))
+    try:
+        core = client.CoreV1Api(held)
+        core.list_namespaced_pod(k8s_cluster.namespace)
+        with k8s_cluster.apiserver_down(endpoint):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((host, int(port)), timeout=5).close()
+            with pytest.raises(urllib3.exceptions.MaxRetryError) as raised:
+                core.list_namespaced_pod(k8s_cluster.namespace, _request_timeout=5)
+            assert isinstance(raised.value.reason, urllib3.exceptions.NewConnectionError)
+            assert k8s_cluster.exited_process() is None  # a stop on purpose is no failure
+        assert apiserver_ready(endpoint)
+        core.list_namespaced_pod(k8s_cluster.namespace)  # the held client reconnects
+    finally:
+        held.close()
+
+    # Counters start again at 0 with the new process; the FlowSchema (in etcd) still applies.
+    statuses, retry_after = await throttled_burst(endpoint, k8s_cluster.namespace)
+    print(f"after restart: client saw {statuses}; Retry-After {sorted(retry_after)}")
+    assert any(by_status.get(429, 0) for by_status in statuses.values()), statuses
+    assert sum(requests_429(endpoint).values()) > 0
