@@ -125,6 +125,9 @@ APISERVER_START_TIMEOUT = 180.0
 COMPONENT_START_TIMEOUT = 90.0
 NODES_READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
+#: How long stop_apiserver lets a kube-apiserver shut down before SIGKILL. It stops listening
+#: at once on SIGTERM, but with watches open it was still running 15 s later.
+APISERVER_STOP_GRACE = 3.0
 LOG_TAIL_LINES = 40
 
 PR_SET_PDEATHSIG = 1
@@ -405,9 +408,9 @@ def metric_samples(metrics_text: str, name: str) -> list[tuple[dict[str, str], f
 
 def count_429s(metrics_text: str) -> dict[tuple[str, str], int]:
     """HTTP 429s kube-apiserver answered, by (verb, resource), from its /metrics
-    (``apiserver_request_total{code="429"}``; verbs as it reports them: a rejected create is
-    POST (its HTTP method: rejection comes before the handler), reads GET, LIST and WATCH;
-    resource "" for non-resource URLs). Dry-run and real requests are summed."""
+    (``apiserver_request_total{code="429"}``; verbs as it labels them, after the HTTP method:
+    a create is POST, reads are GET, LIST and WATCH, then PUT, PATCH, APPLY, DELETE; resource
+    "" for non-resource URLs). Dry-run and real requests are summed."""
     counts: dict[tuple[str, str], int] = {}
     for labels, value in metric_samples(metrics_text, "apiserver_request_total"):
         if labels.get("code") == "429" and value:
@@ -940,17 +943,22 @@ class LocalCluster:
         except KeyError:
             raise ClusterError(f"no API server of this cluster serves {endpoint.server}") from None
 
-    def stop_apiserver(self, endpoint: ApiEndpoint) -> None:
-        """Stop ``endpoint``'s kube-apiserver (SIGTERM, then SIGKILL): connections to its
-        address are refused until ``start_apiserver``. etcd and everything in it stay."""
+    def stop_apiserver(self, endpoint: ApiEndpoint, grace: float = APISERVER_STOP_GRACE) -> None:
+        """Stop ``endpoint``'s kube-apiserver: SIGTERM, then SIGKILL after ``grace`` seconds.
+        On SIGTERM it stops listening at once (new connections are refused from then on until
+        ``start_apiserver``) and finishes short requests, but open watches keep it alive until
+        the SIGKILL. etcd and everything in it stay."""
         process = self._apiserver_process(endpoint)
         self._paused.add(endpoint.server)
-        process.stop()
+        process.stop(timeout=grace)
 
     def start_apiserver(self, endpoint: ApiEndpoint) -> None:
         """Start ``endpoint``'s kube-apiserver again, with the same command line: the same port
         and the same self-signed certificate (kept in its --cert-dir), so clients holding the
-        endpoint's kubeconfigs reconnect to it unchanged. Returns once /readyz is OK."""
+        endpoint's kubeconfigs reconnect to it unchanged. Returns once /readyz is OK. Call it
+        from the main thread, like ``start()``: the parent-death signal that kills the new
+        process with pytest is tied to the starting thread, so a process started from a worker
+        thread (``asyncio.to_thread``) would die when that thread ends."""
         process = self._apiserver_process(endpoint)
         if self._stopped:
             raise ClusterError("the cluster is stopped")
@@ -968,10 +976,12 @@ class LocalCluster:
             self._wait_apf_applied(endpoint)
 
     @contextlib.contextmanager
-    def apiserver_down(self, endpoint: ApiEndpoint) -> Iterator[None]:
+    def apiserver_down(
+        self, endpoint: ApiEndpoint, grace: float = APISERVER_STOP_GRACE
+    ) -> Iterator[None]:
         """``with cluster.apiserver_down(endpoint): ...``: the API server is stopped inside the
         block and started again (ready) when it ends, whatever happened in it."""
-        self.stop_apiserver(endpoint)
+        self.stop_apiserver(endpoint, grace)
         try:
             yield
         finally:

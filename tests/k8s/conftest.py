@@ -18,8 +18,10 @@ from tests.k8s.cluster import LocalCluster, build_binaries
 @pytest.fixture(scope="session")
 def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A running local cluster: ``.kubeconfig`` (the hub's ServiceAccount), ``.admin_kubeconfig``,
-    ``.namespace``, ``.server``, ``.bin_dir``, ``.log_dir``/``.logs`` and
-    ``.throttled_endpoint(max_requests_inflight, max_mutating_requests_inflight)``."""
+    ``.namespace``, ``.server``, ``.bin_dir``, ``.log_dir``/``.logs``,
+    ``.throttled_endpoint(max_requests_inflight, max_mutating_requests_inflight)``,
+    ``.apf_endpoint(seats)`` and ``.stop_apiserver``/``.start_apiserver``/``.apiserver_down``
+    (docs/kubernetes-harness.md)."""
     work_dir = tmp_path_factory.mktemp("k8s")
     bin_dir = build_binaries(work_dir / "logs" / "build.log")
     cluster = LocalCluster(work_dir=work_dir, bin_dir=bin_dir)

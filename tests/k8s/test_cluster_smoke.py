@@ -749,6 +749,7 @@ def test_pvc_is_bound_a_pod_mounting_it_runs_and_deleting_the_claim_deletes_the_
         )
         pod = wait_pod(core_hub, k8s_cluster, name, "to be Running and Ready", is_running_and_ready)
         assert pod.spec.node_name
+        ready_after = time.monotonic() - started
         print(f"PVC {claim} Bound after {bound_after:.1f}s to {volume.metadata.name} ({host_dir})")
 
         core_hub.delete_namespaced_pod(name, ns, grace_period_seconds=1)
@@ -757,6 +758,7 @@ def test_pvc_is_bound_a_pod_mounting_it_runs_and_deleting_the_claim_deletes_the_
             timeout=STATE_TIMEOUT,
             what=f"pod {name} to be removed",
         )
+        pod_gone_after = time.monotonic() - started
     finally:
         with contextlib.suppress(ApiException):
             core_hub.delete_namespaced_persistent_volume_claim(claim, ns)
@@ -765,6 +767,7 @@ def test_pvc_is_bound_a_pod_mounting_it_runs_and_deleting_the_claim_deletes_the_
         timeout=STATE_TIMEOUT,
         what=f"PVC {claim} to be deleted",
     )
+    claim_gone_after = time.monotonic() - started
     # Reclaim policy Delete: the binder deletes the PV (and the hostPath deleter its directory).
     wait_until(
         lambda: gone(lambda: core_admin.read_persistent_volume(volume.metadata.name)),
@@ -772,6 +775,10 @@ def test_pvc_is_bound_a_pod_mounting_it_runs_and_deleting_the_claim_deletes_the_
         what=f"PV {volume.metadata.name} to be deleted with its claim",
     )
     assert not os.path.exists(host_dir)
+    print(
+        f"pod Ready {ready_after:.1f}s, pod gone {pod_gone_after:.1f}s, PVC gone "
+        f"{claim_gone_after:.1f}s, PV gone {time.monotonic() - started:.1f}s"
+    )
 
 
 async def throttled_burst(
@@ -852,8 +859,8 @@ async def test_apf_endpoint_answers_429_to_creates_reads_and_watches(
         assert by_status.get(429, 0) > 0, (kind, statuses)
         # What got through was served (a GET of a missing pod is a served 404).
         assert set(by_status) <= {200, 404, 429}, (kind, statuses)
-    # kube-apiserver labels a rejected create with its HTTP method, POST (a rejected request
-    # never reaches the handler that would name it CREATE); reads are GET, LIST and WATCH.
+    # kube-apiserver's verb labels follow the HTTP method: a create is POST; reads are GET,
+    # LIST and WATCH.
     verbs = by_verb(delta)
     assert verbs.get("POST", 0) > 0 and verbs.get("WATCH", 0) > 0, delta
     assert verbs.get("GET", 0) + verbs.get("LIST", 0) > 0, delta
