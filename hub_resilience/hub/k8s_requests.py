@@ -11,6 +11,7 @@ docs/architecture.md ("Talking to overloaded APIs").
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -104,10 +105,31 @@ class K8sRequestFailed(Exception):
 
 
 def describe_error(error: BaseException) -> str:
-    """One line for a log or a user: the status and reason, never a traceback."""
+    """One line for a log or a user: the request, the status, the reason and the API
+    server's own message, never a traceback."""
     if isinstance(error, ApiException):
-        return f"{error.status} {error.reason or ''}".strip()
+        text = f"{error.status} {error.reason or ''}".strip()
+        message = api_message(error)
+        if message:
+            text = f"{text}: {message}"
+        operation = getattr(error, "operation", None)
+        return f"{operation} answered {text}" if operation else text
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def api_message(error: ApiException) -> str:
+    """The ``message`` of the Status object the API server sent with an error, if any."""
+    body = error.body
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if not isinstance(body, str) or not body.startswith("{"):
+        return ""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return str(message)[:500] if message else ""
 
 
 @dataclass
@@ -151,6 +173,8 @@ class K8sRequester:
                 return result
             reason = retry_reason(error)
             if reason is None:
+                if isinstance(error, ApiException):
+                    error.operation = operation  # type: ignore[attr-defined]
                 raise error
             delay = self.policy.delay(attempts - 1, retry_after_of(error))
             elapsed = time.monotonic() - first

@@ -577,9 +577,9 @@ class ResilientKubeSpawner(KubeSpawner):
             # with our message for the user; any other cancellation is passed on.
             if time.monotonic() - self._timing.requested < self.start_timeout - 1:
                 raise
-            raise self._failed(TimeoutError()) from None
+            raise self._spawn_failed(TimeoutError()) from None
         except Exception as e:
-            raise self._failed(e) from e
+            raise self._spawn_failed(e) from e
         self._timing.running = time.monotonic()
         pod = self._current_pod()
         if pod:
@@ -589,7 +589,7 @@ class ResilientKubeSpawner(KubeSpawner):
                 SPAWN_SCALE_UPS.labels(self.profile_label).inc()
         return url
 
-    def _failed(self, error: BaseException) -> BaseException:
+    def _spawn_failed(self, error: BaseException) -> BaseException:
         """Count a failed start and return what to raise: JupyterHub shows its message to
         the user and logs it without a traceback (an HTTPError or a TimeoutError)."""
         failure = spawn_failures.classify_failure(

@@ -47,6 +47,10 @@ except ImportError:  # pragma: no cover - the responder also works without Jupyt
 
 log = logging.getLogger("responder")
 
+#: The pod annotation the KWOK stages read too (tests/k8s/stages); "no-server" is ours alone.
+SIMULATE_ANNOTATION = "hub-resilience.test/simulate"
+NO_SERVER = "no-server"
+
 WATCH_SECONDS = 240
 RETRY_SECONDS = 1.0
 
@@ -80,12 +84,15 @@ class Owner:
 def pod_endpoints(pod: Mapping[str, Any]) -> dict[Endpoint, Owner]:
     """The endpoints a pod would have listening, judged from its spec and status alone:
     running containers' declared TCP ports on the pod IP; nothing while the pod is being
-    deleted, not Running, or has an address outside loopback."""
+    deleted, not Running, or has an address outside loopback, nor for a pod annotated
+    ``hub-resilience.test/simulate: no-server`` (a server that never starts listening)."""
     metadata = pod.get("metadata") or {}
     status = pod.get("status") or {}
     spec = pod.get("spec") or {}
     ip = status.get("podIP")
     if metadata.get("deletionTimestamp") or status.get("phase") != "Running" or not ip:
+        return {}
+    if (metadata.get("annotations") or {}).get(SIMULATE_ANNOTATION) == NO_SERVER:
         return {}
     try:
         if not ipaddress.ip_address(ip).is_loopback:

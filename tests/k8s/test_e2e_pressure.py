@@ -1,0 +1,514 @@
+"""ResilientKubeSpawner under Kubernetes API pressure, in a hub configured as operators run it.
+
+The hub runs zero-to-jupyterhub 4.4.0's own hub configuration (tests/z2jh_hub.py) with the
+package's shipped values (helm-values/hub-resilience.yaml) and the chart's defaults: a PVC per
+user (``singleuser.storage.type: dynamic``, bound by the real kube-controller-manager),
+KubeSpawner's own request and retry timeouts (3 s, 30 s), ``start_timeout`` 300,
+``concurrent_spawn_limit`` 64. Only what the local cluster cannot provide is changed: no
+user-scheduler (there is none here), small pods (four 4-CPU fake nodes). The API server really
+throttles (API Priority and Fairness, a priority level of one seat for the hub's identity) and
+is really stopped and started again. Simulated, because they cannot run here: kubelets and
+containers (KWOK) and the notebook servers (tests/k8s/responder.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from tests.k8s.cluster import ApiEndpoint, LocalCluster, requests_429
+from tests.support.hub import (
+    RunningHub,
+    create_users,
+    gather_limited,
+    running_hub,
+    unused_port,
+)
+from tests.z2jh_hub import SERVICE_ENV, chart_files, exec_source, released_values
+
+pytestmark = pytest.mark.k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Small pods: 100 of them fit on the four fake nodes next to the other tests' pods.
+SMALL = {
+    "cpu": {"guarantee": 0.05, "limit": 0.05},
+    "memory": {"guarantee": "64M", "limit": "64M"},
+}
+
+#: For the start_timeout tests (start_timeout 15 s). The hub's wait and KubeSpawner's own pod
+#: wait both use start_timeout, but the hub's starts earlier (before the PVC and the pod are
+#: created) and KubeSpawner's ends on a jittered poll, so either may fire first: usually
+#: the hub's, which cancels the start. The outcome must be right whichever does.
+SHORT_START_PROFILES = [
+    {
+        "display_name": "Too big for any node",
+        "slug": "huge",
+        "kubespawner_override": {"cpu_limit": 64, "cpu_guarantee": 64},
+    },
+    {
+        "display_name": "A server that never answers",
+        "slug": "silent",
+        "kubespawner_override": {
+            "http_timeout": 10,
+            "extra_annotations": {"hub-resilience.test/simulate": "no-server"},
+        },
+    },
+    # Cannot be made Guaranteed under qos_policy "refuse": a sidecar whose CPU request is
+    # below its limit.
+    {
+        "display_name": "Broken",
+        "slug": "broken",
+        "kubespawner_override": {
+            "extra_containers": [
+                {
+                    "name": "bare",
+                    "image": "busybox",
+                    "resources": {
+                        "requests": {"cpu": "50m", "memory": "32Mi"},
+                        "limits": {"cpu": "100m", "memory": "32Mi"},
+                    },
+                }
+            ]
+        },
+    },
+]
+
+
+def z2jh_values(**overlay: Any) -> dict[str, Any]:
+    """The chart's defaults, the package's shipped values, and what this harness needs."""
+    shipped = yaml.safe_load((ROOT / "helm-values" / "hub-resilience.yaml").read_text())
+    harness = {
+        "scheduling": {"userScheduler": {"enabled": False}},
+        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
+        "singleuser": dict(SMALL),
+    }
+    return released_values(shipped, harness, overlay)
+
+
+def ensure_chart_priority_class(cluster: LocalCluster, values: Mapping[str, Any]) -> None:
+    """The PriorityClass the chart creates when ``scheduling.podPriority.enabled`` (the
+    shipped values enable it for the placeholders): user pods name it."""
+    priority = values["scheduling"]["podPriority"]
+    if not priority["enabled"]:
+        return
+    api = k8s.SchedulingV1Api(cluster.admin_client())
+    body = k8s.V1PriorityClass(
+        metadata=k8s.V1ObjectMeta(name="priority"),
+        value=priority["defaultPriority"],
+        global_default=priority["globalDefault"],
+        description="A default priority higher than user placeholders priority.",
+    )
+    try:
+        api.create_priority_class(body)
+    except k8s.ApiException as e:
+        if e.status != 409:
+            raise
+
+
+@asynccontextmanager
+async def z2jh_hub(
+    cluster: LocalCluster,
+    tmp_path: Path,
+    endpoint: ApiEndpoint,
+    namespace: str,
+    values: Mapping[str, Any],
+) -> AsyncIterator[RunningHub]:
+    """A hub running z2jh 4.4.0's configuration of ``values`` against ``endpoint``, with the
+    chart's cluster objects it needs (here: its PriorityClass; the user placeholders the
+    chart would also deploy are not, so nothing competes with the test's users)."""
+    own_port = {"hub": {"config": {"HubResilience": {"service_port": unused_port()}}}}
+    values = released_values(values, own_port)
+    ensure_chart_priority_class(cluster, values)
+    config_path = chart_files(tmp_path / "chart", values)
+    env = {**SERVICE_ENV, "POD_NAMESPACE": namespace, "KUBECONFIG": str(endpoint.kubeconfig)}
+    async with running_hub(exec_source(config_path, "tests"), env=env, start_timeout=120) as hub:
+        try:
+            yield hub
+        except BaseException:
+            kept = tmp_path / "hub.log"
+            kept.write_text(hub.log_text())
+            print(f"---- hub log (last 200 lines; all of it in {kept}) ----")
+            print("\n".join(hub.log_text().splitlines()[-200:]))
+            raise
+
+
+async def scrape(hub: RunningHub) -> dict[str, list]:
+    request = HTTPRequest(
+        f"{hub.url}/hub/metrics",
+        headers={"Authorization": f"token {hub.token}"},  # z2jh keeps read:metrics for admins
+        request_timeout=30,
+    )
+    response = await AsyncHTTPClient().fetch(request)
+    families: dict[str, list] = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        families[family.name] = [(s.name, s.labels, s.value) for s in family.samples]
+    return families
+
+
+def total(families: dict, name: str, **labels: str) -> float:
+    family = name.removesuffix("_total")
+    return sum(
+        value
+        for sample_name, sample_labels, value in families.get(family, [])
+        if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def wait_for(condition: Any, hub: RunningHub, timeout: float) -> dict:
+    """Scrape the hub until ``condition(families)`` holds; the last scrape."""
+    deadline = time.monotonic() + timeout
+    while True:
+        families = await scrape(hub)
+        if condition(families):
+            return families
+        assert time.monotonic() < deadline, "the hub's metrics never showed it"
+        await asyncio.sleep(1)
+
+
+def assert_clean_log(hub: RunningHub) -> None:
+    """No traceback and no ERROR line anywhere in the hub's log."""
+    log = hub.log_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
+    errors = [line for line in log.splitlines() if line.startswith("[E ")]
+    assert not errors, "\n".join(errors[:20])
+
+
+class PodHistory:
+    """Every pod UID the API server stores for the user pods, and every deletion, seen from
+    an admin watch (exempt from throttling) for the whole run."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.uids: dict[str, set[str]] = {}
+        self.deleted: list[str] = []
+        self._task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> PodHistory:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        from kubernetes_asyncio import client as aclient
+        from kubernetes_asyncio import config as aconfig
+        from kubernetes_asyncio import watch
+
+        api_client = await aconfig.new_client_from_config(
+            config_file=str(self.cluster.admin_kubeconfig)
+        )
+        async with api_client:
+            api = aclient.CoreV1Api(api_client)
+            selector = "component=singleuser-server"
+            listed = await api.list_namespaced_pod(self.namespace, label_selector=selector)
+            version = listed.metadata.resource_version
+            for pod in listed.items:
+                self.uids.setdefault(pod.metadata.name, set()).add(pod.metadata.uid)
+            self._ready.set()
+            while True:
+                w = watch.Watch()
+                async with w.stream(
+                    api.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=300,
+                ) as stream:
+                    async for event in stream:
+                        pod = event["raw_object"]
+                        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+                        version = pod["metadata"]["resourceVersion"]
+                        if event["type"] == "ADDED":
+                            self.uids.setdefault(name, set()).add(uid)
+                        elif event["type"] == "DELETED":
+                            self.deleted.append(name)
+
+
+def core(cluster: LocalCluster) -> k8s.CoreV1Api:
+    return k8s.CoreV1Api(cluster.admin_client())
+
+
+async def stop_and_forget(hub: RunningHub, names: list[str]) -> None:
+    """Stop the servers and delete the users (z2jh deletes their PVCs too), so the nodes are
+    free for the other tests."""
+    async with hub.client() as client:
+        await gather_limited((client.stop_server(n) for n in names), limit=10)
+        await gather_limited((client.wait_for_server_stopped(n, timeout=180) for n in names), 10)
+        await gather_limited((client.delete_user(n) for n in names), limit=10)
+
+
+async def test_hundred_users_spawn_through_an_api_server_throttling_creates_reads_and_watches(
+    k8s_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    endpoint = k8s_cluster.apf_endpoint(seats=1)
+    namespace = k8s_cluster.namespace
+    names = [f"crowd-{i:03d}" for i in range(100)]
+    before_429 = requests_429(endpoint)
+    async with z2jh_hub(k8s_cluster, tmp_path, endpoint, namespace, z2jh_values()) as hub:
+        async with PodHistory(k8s_cluster, namespace) as history, hub.client() as client:
+            await create_users(client, names)
+            await gather_limited(
+                (
+                    client.start_server_and_wait(name, timeout=900, poll_interval=2)
+                    for name in names
+                ),
+                limit=100,
+            )
+            servers = [await client.get_server(name) for name in names]
+            families = await scrape(hub)
+            deleted_during_spawns = list(history.deleted)
+        throttled = {
+            key: count - before_429.get(key, 0) for key, count in requests_429(endpoint).items()
+        }
+        assert all(s and s.get("ready") for s in servers)
+
+        # The API server itself throttled creates, reads and watches.
+        verbs = {verb for (verb, _), count in throttled.items() if count > 0}
+        assert "POST" in verbs and "WATCH" in verbs and verbs & {"GET", "LIST"}, throttled
+        assert total(families, "hub_resilience_k8s_api_requests_total", code="429") > 0
+        assert total(families, "hub_resilience_k8s_watch_restarts_total", reason="throttled") > 0
+
+        # Every pod Guaranteed, mounting its own bound PVC, created exactly once.
+        api = core(k8s_cluster)
+        pods = {
+            p.metadata.name: p
+            for p in api.list_namespaced_pod(
+                namespace, label_selector="component=singleuser-server"
+            ).items
+        }
+        claims = {
+            c.metadata.name: c for c in api.list_namespaced_persistent_volume_claim(namespace).items
+        }
+        for name in names:
+            pod = pods[f"jupyter-{name}"]
+            assert pod.status.qos_class == "Guaranteed", name
+            [claim] = [
+                v.persistent_volume_claim.claim_name
+                for v in pod.spec.volumes
+                if v.persistent_volume_claim
+            ]
+            assert claims[claim].status.phase == "Bound", claim
+            assert len(history.uids[f"jupyter-{name}"]) == 1, (
+                name,
+                history.uids[f"jupyter-{name}"],
+            )
+        assert deleted_during_spawns == []
+
+        # The metrics say what happened: 100 successes, every phase of every one.
+        outcomes = "hub_resilience_spawn_outcomes_total"
+        assert total(families, outcomes, outcome="success") == len(names)
+        failures = sum(
+            value
+            for sample, labels, value in families["hub_resilience_spawn_outcomes"]
+            if sample == outcomes and labels["outcome"] not in {"success", "throttled"}
+        )
+        assert failures == 0
+        for phase in ("hub", "api_create", "scheduling", "container_start", "server_ready"):
+            count = total(families, "hub_resilience_spawn_phase_seconds_count", phase=phase)
+            assert count == len(names), phase
+        assert_clean_log(hub)
+        await stop_and_forget(hub, names)
+        assert_clean_log(hub)
+
+
+async def hub_watch_status(hub: RunningHub) -> tuple[float, float]:
+    """(up, since) of the hub's pod watch, from /hub/metrics."""
+    families = await scrape(hub)
+    up = total(families, "hub_resilience_k8s_watch_up", resource="pods")
+    since = total(families, "hub_resilience_k8s_watch_since_timestamp_seconds", resource="pods")
+    return up, since
+
+
+async def test_spawns_survive_the_api_server_stopped_for_a_minute(
+    k8s_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The cluster's kube-apiserver (the only one the hub, the scheduler and KWOK use) is
+    stopped for 60 s while four spawns are in flight, then started again."""
+    endpoint = k8s_cluster.api
+    assert endpoint is not None
+    namespace = k8s_cluster.namespace
+    before, during, after = (
+        [f"calm-{i}" for i in range(4)],
+        [f"caught-{i}" for i in range(4)],
+        [f"later-{i}" for i in range(4)],
+    )
+    async with z2jh_hub(k8s_cluster, tmp_path, endpoint, namespace, z2jh_values()) as hub:
+        async with hub.client() as client:
+            await create_users(client, before + during + after)
+            await gather_limited((client.start_server_and_wait(n, timeout=300) for n in before), 4)
+            up, _ = await hub_watch_status(hub)
+            assert up == 1
+            in_flight = [
+                asyncio.create_task(client.start_server_and_wait(n, timeout=600)) for n in during
+            ]
+            await asyncio.sleep(1)
+            stopped_at = time.time()
+            with k8s_cluster.apiserver_down(endpoint):
+                deadline = time.monotonic() + 60
+                seen_down = None
+                while time.monotonic() < deadline:
+                    up, since = await hub_watch_status(hub)
+                    if up == 0 and seen_down is None:
+                        seen_down = since
+                    await asyncio.sleep(2)
+            restarted_at = time.time()
+            assert seen_down is not None and stopped_at - 1 <= seen_down <= stopped_at + 60
+            # The watch comes back by itself (its backoff is at most 30 s).
+            recovered: list[float] = []
+
+            async def watch_recovered() -> bool:
+                up, since = await hub_watch_status(hub)
+                if up == 1:
+                    recovered.append(since)
+                return up == 1
+
+            for _ in range(60):
+                if await watch_recovered():
+                    break
+                await asyncio.sleep(1)
+            assert recovered and recovered[-1] >= restarted_at - 1
+            # Spawns in flight either finished or failed with a reason the user can read.
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+            log = hub.log_text()
+            for name, result in zip(during, results, strict=True):
+                if isinstance(result, BaseException):
+                    assert f"Spawn of {name} failed (k8s_api_error)" in log, (name, result)
+            # Later spawns succeed.
+            await gather_limited((client.start_server_and_wait(n, timeout=300) for n in after), 4)
+        families = await scrape(hub)
+        assert (
+            total(families, "hub_resilience_k8s_watch_restarts_total", reason="connection_error")
+            > 0
+        )
+        assert total(families, "hub_resilience_spawn_outcomes_total", outcome="error") == 0
+        assert "Traceback" not in hub.log_text()
+        await stop_and_forget(hub, before + during + after)
+
+
+async def test_the_hubs_start_timeout_ends_each_failed_spawn_with_its_reason(
+    k8s_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """start_timeout 15 s: five unschedulable spawns and five servers that never answer, all
+    at once, each counted and explained whichever of the hub's and KubeSpawner's waits ends
+    first; a profile that cannot be Guaranteed leaves nothing on the API server."""
+    endpoint = k8s_cluster.api
+    assert endpoint is not None
+    namespace = k8s_cluster.namespace
+    values = z2jh_values(
+        singleuser={"startTimeout": 15, "profileList": SHORT_START_PROFILES},
+        hub={
+            # Ten failed spawns in a row would stop the hub at z2jh's limit of 5 (issue 19).
+            "consecutiveFailureLimit": 0,
+            "config": {"ResilientKubeSpawner": {"qos_policy": "refuse"}},
+        },
+    )
+    greedy = [f"greedy-{i}" for i in range(5)]
+    silent = [f"silent-{i}" for i in range(5)]
+    async with z2jh_hub(k8s_cluster, tmp_path, endpoint, namespace, values) as hub:
+        async with hub.client() as client:
+            await create_users(client, [*greedy, *silent, "broken-user"])
+            before = await scrape(hub)
+            requests_before = total(before, "hub_resilience_k8s_api_requests_total")
+            # z2jh answers every spawn request at once (slow_spawn_timeout 0): the user reads
+            # the outcome on the spawn page, from the hub's progress stream.
+            await client.start_server("broken-user", user_options={"profile": "broken"})
+            await client.wait_for_server_stopped("broken-user", timeout=30)
+            after_refusal = await scrape(hub)
+            await asyncio.gather(
+                *(client.start_server(n, user_options={"profile": "huge"}) for n in greedy),
+                *(client.start_server(n, user_options={"profile": "silent"}) for n in silent),
+            )
+            # Each ends by itself: the hub's start_timeout (15 s), or http_timeout (10 s) after
+            # the pod runs.
+            await gather_limited(
+                (client.wait_for_server_stopped(n, timeout=120) for n in greedy + silent), 10
+            )
+            await wait_for(
+                lambda families: all(
+                    total(families, "hub_resilience_spawn_outcomes_total", outcome=o, profile=p)
+                    - total(before, "hub_resilience_spawn_outcomes_total", outcome=o, profile=p)
+                    >= 5
+                    for o, p in (("unschedulable", "huge"), ("http_timeout", "silent"))
+                ),
+                hub,
+                timeout=120,
+            )
+        families = await scrape(hub)
+        log = hub.log_text()
+        check_short_start_outcomes(
+            k8s_cluster, namespace, log, families, before, requests_before, after_refusal
+        )
+
+
+def check_short_start_outcomes(
+    k8s_cluster: LocalCluster,
+    namespace: str,
+    log: str,
+    families: dict,
+    before: dict,
+    requests_before: float,
+    after_refusal: dict,
+) -> None:
+    greedy = [f"greedy-{i}" for i in range(5)]
+    silent = [f"silent-{i}" for i in range(5)]
+    # The refused profile: a clear error, and not a single Kubernetes API request.
+    # JupyterHub shows an HTTPError's message to the user, and logs it without a traceback.
+    assert (
+        "Error starting broken-user's server: HTTP 500: Internal Server Error (Cannot start "
+        "this server: profile 'broken', container 'bare': cpu request 50m differs from limit"
+    ) in log
+    assert total(after_refusal, "hub_resilience_k8s_api_requests_total") == requests_before
+    api = core(k8s_cluster)
+    assert "jupyter-broken-user" not in {
+        p.metadata.name for p in api.list_namespaced_pod(namespace).items
+    }
+    assert "claim-broken-user" not in {
+        c.metadata.name for c in api.list_namespaced_persistent_volume_claim(namespace).items
+    }
+
+    outcomes = "hub_resilience_spawn_outcomes_total"
+    assert total(families, outcomes, outcome="unschedulable", profile="huge") - total(
+        before, outcomes, outcome="unschedulable", profile="huge"
+    ) == len(greedy)
+    assert total(families, outcomes, outcome="http_timeout", profile="silent") - total(
+        before, outcomes, outcome="http_timeout", profile="silent"
+    ) == len(silent)
+    assert total(families, outcomes, outcome="qos_refused", profile="broken") == 1
+    # What each user is told: the message of the exception their spawn ended with, which
+    # the hub shows on the spawn page ("Spawn failed: ..."); the spawner logs it too.
+    for name in greedy:
+        assert (
+            f"Spawn of {name} failed (unschedulable): Your server did not start within 15 "
+            "seconds because no node in the cluster has room for this profile. Kubernetes "
+            "says: 0/4 nodes are available"
+        ) in log
+        assert f"{name}'s server failed to start in 15 seconds, giving up" in log
+    for name in silent:
+        assert f"{name}'s server never showed up at" in log  # JupyterHub's own words
+    for name in silent:
+        assert f"Spawn of {name} failed (http_timeout)" in log
+    assert "Traceback" not in log
+    # The failed spawns' pods are gone from the API server.
+    left = {f"jupyter-{n}" for n in greedy + silent} & {
+        p.metadata.name for p in api.list_namespaced_pod(namespace).items
+    }
+    assert not left

@@ -1,0 +1,241 @@
+"""The start path of ResilientKubeSpawner: safe pod creates, outcomes and what the user reads.
+
+A real ResilientKubeSpawner (KubeSpawner's mock user and hub) whose Kubernetes API client is
+replaced by a scripted one: each method answers or raises kubernetes_asyncio's own
+ApiException as an API server would. The real API server is in tests/k8s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client import V1ObjectMeta, V1Pod
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from prometheus_client import REGISTRY
+
+from hub_resilience.hub.spawner import SPAWN_ID_ANNOTATION, ResilientKubeSpawner, SpawnTiming
+
+
+def outcome_count(outcome: str, profile: str = "default") -> float:
+    labels = {"outcome": outcome, "profile": profile}
+    return REGISTRY.get_sample_value("hub_resilience_spawn_outcomes_total", labels) or 0.0
+
+
+def api_error(status: int, retry_after: str | None = None) -> ApiException:
+    error = ApiException(status=status, reason="Error")
+    error.headers = {"Retry-After": retry_after} if retry_after else {}
+    return error
+
+
+class ScriptedPods:
+    """create_namespaced_pod / read_namespaced_pod / delete_namespaced_pod of an API server
+    that fails creates as scripted, storing the pod when ``stored`` says so."""
+
+    def __init__(self, create_failures: list[tuple[ApiException | BaseException, bool]]) -> None:
+        self.create_failures = list(create_failures)
+        self.stored: V1Pod | None = None
+        self.calls: list[str] = []
+        self.uids = 0
+
+    def _store(self, body: V1Pod) -> V1Pod:
+        self.uids += 1
+        stored = V1Pod(metadata=V1ObjectMeta(
+            name=body.metadata.name, uid=f"uid-{self.uids}", annotations=body.metadata.annotations
+        ))
+        self.stored = stored
+        return stored
+
+    async def create_namespaced_pod(self, namespace: str, body: V1Pod) -> V1Pod:
+        self.calls.append("create")
+        if self.stored is not None:
+            raise api_error(409)
+        if self.create_failures:
+            error, stored = self.create_failures.pop(0)
+            if stored:
+                self._store(body)
+            raise error
+        return self._store(body)
+
+    async def read_namespaced_pod(self, name: str, namespace: str) -> V1Pod:
+        self.calls.append("read")
+        if self.stored is None:
+            raise api_error(404)
+        return self.stored
+
+    async def delete_namespaced_pod(self, **kwargs: Any) -> None:
+        self.calls.append("delete")
+        self.stored = None
+
+
+@pytest.fixture
+async def spawner(make_spawner) -> ResilientKubeSpawner:
+    made = make_spawner(
+        {
+            "backoff_base": 0.01,
+            "backoff_cap": 0.02,
+            "retry_after_cap": 0.05,
+            "cpu_limit": 0.5,
+            "mem_limit": "512M",
+        }
+    )
+    made._spawn_id = "this-spawn"
+    return made
+
+
+async def pod_for(spawner: ResilientKubeSpawner) -> V1Pod:
+    return await spawner.get_pod_manifest()
+
+
+async def test_a_new_spawner_is_not_taken_for_a_failed_one(spawner) -> None:
+    """JupyterHub discards a spawner whose ``_failed`` is true on every request, so nothing
+    here may shadow its JupyterHub attributes (a method of that name once did)."""
+    assert not spawner._failed and not spawner.active and spawner.pending is None
+    for name in ("_failed", "active", "pending", "ready", "_spawn_future", "_log_name"):
+        assert getattr(ResilientKubeSpawner, name) is getattr(KubeSpawner, name), name
+
+
+async def test_the_pod_carries_this_spawns_id(spawner) -> None:
+    pod = await pod_for(spawner)
+    assert pod.metadata.annotations[SPAWN_ID_ANNOTATION] == "this-spawn"
+
+
+async def test_a_create_whose_answer_was_lost_is_confirmed_by_reading_it_back(spawner) -> None:
+    """A 504 after the API server stored the pod: the retry gets 409, the read-back finds
+    this spawn's pod, and nothing is deleted or created twice."""
+    api = ScriptedPods([(api_error(504), True)])
+    spawner.api = api
+    assert await spawner._make_create_pod_request(await pod_for(spawner), 3) is True
+    assert api.calls == ["create", "create", "read"]
+    assert api.uids == 1 and spawner._pod_uid == "uid-1"
+
+
+async def test_a_create_that_timed_out_but_was_stored_is_not_recreated(spawner) -> None:
+    api = ScriptedPods([(asyncio.TimeoutError(), True), (api_error(429, "0.01"), False)])
+    spawner.api = api
+    assert await spawner._make_create_pod_request(await pod_for(spawner), 3) is True
+    assert "delete" not in api.calls and api.uids == 1
+
+
+async def test_a_pod_left_by_an_earlier_spawn_is_deleted_first(spawner, monkeypatch) -> None:
+    api = ScriptedPods([])
+    old = V1Pod(metadata=V1ObjectMeta(name="jupyter-x", uid="old", annotations={}))
+    api.stored = old
+    spawner.api = api
+
+    async def stop(now: bool = False) -> None:  # KubeSpawner's stop deletes and waits
+        await api.delete_namespaced_pod()
+
+    monkeypatch.setattr(spawner, "stop", stop)
+    assert await spawner._make_create_pod_request(await pod_for(spawner), 3) is True
+    assert api.calls == ["create", "read", "delete", "create"]
+    assert spawner._pod_uid == "uid-1"
+
+
+async def test_http_timeout_is_counted_as_such_not_as_success(spawner, monkeypatch) -> None:
+    """JupyterHub stops a server that never answered while it waits for it
+    (_waiting_for_response), then clears the flag: the outcome is http_timeout."""
+
+    async def stopped(self, now: bool = False) -> None:
+        return None
+
+    monkeypatch.setattr(KubeSpawner, "stop", stopped)
+    before = outcome_count("http_timeout"), outcome_count("success")
+    spawner._timing = SpawnTiming(requested=time.monotonic(), running=time.monotonic())
+    spawner._waiting_for_response = True
+    await spawner.stop()
+    spawner._waiting_for_response = False
+    assert outcome_count("http_timeout") - before[0] == 1
+    assert outcome_count("success") == before[1]
+
+
+async def test_a_server_that_answers_is_a_success(spawner) -> None:
+    before = outcome_count("success")
+    spawner._timing = SpawnTiming(requested=time.monotonic(), running=time.monotonic())
+    spawner._waiting_for_response = True
+    spawner._waiting_for_response = False
+    assert outcome_count("success") - before == 1
+
+
+async def test_the_hubs_start_timeout_is_reported_with_the_cause(spawner, monkeypatch) -> None:
+    """JupyterHub's start_timeout cancels _start (asyncio.wait_for); the user gets a
+    TimeoutError naming the cause instead of a bare cancellation, and it is counted."""
+
+    async def never_runs(self) -> str:
+        await asyncio.sleep(3600)
+        return "http://never"
+
+    monkeypatch.setattr(KubeSpawner, "_start", never_runs)
+    pending = {
+        "metadata": {"name": spawner.pod_name, "uid": "u1", "annotations": {}},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient memory.",
+                }
+            ],
+        },
+    }
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: pending)
+    spawner.start_timeout = 2
+    before = outcome_count("unschedulable")
+    with pytest.raises(TimeoutError) as raised:
+        await asyncio.wait_for(spawner._start(), timeout=spawner.start_timeout)
+    assert "did not start within 2 seconds because no node in the cluster has room" in str(
+        raised.value
+    )
+    assert "3 Insufficient memory" in str(raised.value)
+    assert outcome_count("unschedulable") - before == 1
+
+
+async def test_a_cancellation_that_is_not_the_start_timeout_passes_through(
+    spawner, monkeypatch
+) -> None:
+    async def never_runs(self) -> str:
+        await asyncio.sleep(3600)
+        return "http://never"
+
+    monkeypatch.setattr(KubeSpawner, "_start", never_runs)
+    spawner.start_timeout = 300
+    task = asyncio.ensure_future(spawner._start())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_refused_profile_makes_no_api_call(make_spawner) -> None:
+    """The QoS check runs when the profile is loaded, before the namespace, PVC or pod."""
+    profiles = [
+        {
+            "display_name": "Broken",
+            "slug": "broken",
+            "kubespawner_override": {
+                "cpu_limit": 1,
+                "mem_limit": "1G",
+                "extra_containers": [{"name": "bare", "image": "busybox"}],
+            },
+        }
+    ]
+    spawner = make_spawner({"profile_list": profiles, "storage_pvc_ensure": True})
+    spawner.user_options = {"profile": "broken"}
+
+    class NoCalls:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the spawner called the Kubernetes API: {name}")
+
+    spawner.api = NoCalls()
+    before = outcome_count("qos_refused", "broken")
+    from tornado import web
+
+    with pytest.raises(web.HTTPError) as raised:
+        await spawner._start()
+    assert "Cannot start this server: profile 'broken', container 'bare'" in raised.value.log_message
+    assert outcome_count("qos_refused", "broken") - before == 1
