@@ -113,7 +113,9 @@ async def test_throttled_request_honours_retry_after_then_succeeds(caplog) -> No
     before = counted(
         "hub_resilience_k8s_api_retries_total", operation="create_pvc", reason="throttled"
     )
-    before_429 = counted("hub_resilience_k8s_api_requests_total", operation="create_pvc", code="429")
+    before_429 = counted(
+        "hub_resilience_k8s_api_requests_total", operation="create_pvc", code="429"
+    )
     with caplog.at_level(logging.WARNING, logger="test"):
         result = await requester(sleeps).call(K8sOperation.CREATE_PVC, request, timeout=3)
     assert result == "stored" and request.calls == 3

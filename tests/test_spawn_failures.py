@@ -31,7 +31,9 @@ PULL_FAILING_POD = {
     "metadata": {"name": "jupyter-alice", "uid": "u1"},
     "status": {
         "phase": "Pending",
-        "containerStatuses": [{"name": "notebook", "state": {"waiting": {"reason": "ErrImagePull"}}}],
+        "containerStatuses": [
+            {"name": "notebook", "state": {"waiting": {"reason": "ErrImagePull"}}}
+        ],
     },
 }
 PENDING_POD = {"metadata": {"name": "jupyter-alice", "uid": "u1"}, "status": {"phase": "Pending"}}
@@ -86,7 +88,9 @@ def test_a_timeout_on_an_unschedulable_pod_names_the_cause_and_the_scheduler_wor
 
 
 def test_an_event_message_is_preferred_to_the_condition() -> None:
-    events = [{"reason": "FailedScheduling", "message": "0/30 nodes are available: 30 Too many pods."}]
+    events = [
+        {"reason": "FailedScheduling", "message": "0/30 nodes are available: 30 Too many pods."}
+    ]
     failure = classify(TimeoutError(), pod=UNSCHEDULABLE_POD, events=events)
     assert failure.message.endswith("Kubernetes says: 0/30 nodes are available: 30 Too many pods.")
 

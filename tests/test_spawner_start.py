@@ -43,9 +43,13 @@ class ScriptedPods:
 
     def _store(self, body: V1Pod) -> V1Pod:
         self.uids += 1
-        stored = V1Pod(metadata=V1ObjectMeta(
-            name=body.metadata.name, uid=f"uid-{self.uids}", annotations=body.metadata.annotations
-        ))
+        stored = V1Pod(
+            metadata=V1ObjectMeta(
+                name=body.metadata.name,
+                uid=f"uid-{self.uids}",
+                annotations=body.metadata.annotations,
+            )
+        )
         self.stored = stored
         return stored
 
@@ -237,5 +241,7 @@ async def test_a_refused_profile_makes_no_api_call(make_spawner) -> None:
 
     with pytest.raises(web.HTTPError) as raised:
         await spawner._start()
-    assert "Cannot start this server: profile 'broken', container 'bare'" in raised.value.log_message
+    assert (
+        "Cannot start this server: profile 'broken', container 'bare'" in raised.value.log_message
+    )
     assert outcome_count("qos_refused", "broken") - before == 1

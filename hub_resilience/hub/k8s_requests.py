@@ -119,9 +119,8 @@ def describe_error(error: BaseException) -> str:
 
 def api_message(error: ApiException) -> str:
     """The ``message`` of the Status object the API server sent with an error, if any."""
-    body = error.body
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
+    raw: object = error.body
+    body = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     if not isinstance(body, str) or not body.startswith("{"):
         return ""
     try:
