@@ -174,47 +174,84 @@ async def test_an_answer_that_is_not_a_failure_is_raised_at_once() -> None:
     assert raised.value.status == 409 and request.calls == 1 and sleeps.delays == []
 
 
-async def test_persistent_throttling_gives_up_within_the_bound(caplog) -> None:
-    sleeps = Sleeps()
-    request = Script(*[api_error(429, "1") for _ in range(100)])
+class Clock:
+    """The retry path's monotonic clock, advanced only by its sleeps."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import hub_resilience.hub.k8s_requests as module
+
+        self.now = 0.0
+        self.delays: list[float] = []
+        monkeypatch.setattr(module.time, "monotonic", lambda: self.now)
+
+    async def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.now += seconds
+
+
+def clocked(clock: Clock, throttled_deadline: float = 0.0, **policy: float) -> K8sRequester:
+    settings = {"base": 0.5, "cap": 30.0, "max_attempts": 20, "deadline": 30.0, **policy}
+    return K8sRequester(
+        BackoffPolicy(**settings),  # type: ignore[arg-type]
+        logging.getLogger("test"),
+        "alice",
+        throttled_deadline=throttled_deadline,
+        sleep=clock.sleep,
+    )
+
+
+async def test_throttling_is_waited_out_for_as_long_as_the_spawn_may_take(
+    monkeypatch, caplog
+) -> None:
+    """API Priority and Fairness raises Retry-After (1, 2, 4, 8, 16, 32 s) under sustained
+    load: more attempts than retry_max_attempts and longer than k8s_api_request_retry_timeout,
+    all within start_timeout (300 s), and then it goes through."""
+    clock = Clock(monkeypatch)
+    ladder = ["1", "2", "4", "8", "16", "32", "32", "32", "32"]
+    request = Script(*[api_error(429, value) for value in ladder])
+    result = await clocked(clock, throttled_deadline=300, max_attempts=5).call(
+        K8sOperation.CREATE_PVC, request, timeout=3
+    )
+    assert result == "stored" and request.calls == len(ladder) + 1
+    assert clock.now > 30  # past k8s_api_request_retry_timeout
+
+
+async def test_persistent_throttling_gives_up_at_the_spawns_deadline(monkeypatch, caplog) -> None:
+    clock = Clock(monkeypatch)
+    request = Script(*[api_error(429, "10") for _ in range(100)])
     with caplog.at_level(logging.WARNING, logger="test"):
         with pytest.raises(K8sRequestFailed) as raised:
-            await requester(sleeps, max_attempts=5).call(
+            await clocked(clock, throttled_deadline=60).call(
                 K8sOperation.CREATE_POD, request, timeout=3
             )
     failed = raised.value
     assert failed.reason is K8sRetryReason.THROTTLED
-    assert failed.attempts == 5 and request.calls == 5 and len(sleeps.delays) == 4
-    assert 1 <= failed.retry_in <= 1.5
-    assert "giving up after 5 attempts" in caplog.records[-1].getMessage()
+    # Waits of 10-11 s: five fit in 60 s, the sixth would not.
+    assert request.calls == 6 and len(clock.delays) == 5 and clock.now <= 60
+    assert 10 <= failed.retry_in <= 11
+    assert "giving up after 6 attempts" in caplog.records[-1].getMessage()
 
 
-async def test_the_deadline_stops_retries_before_a_wait_would_pass_it() -> None:
-    """Retry-After 20 s with a 30 s deadline: one wait fits, the second would not."""
-    sleeps = Sleeps()
-    request = Script(*[api_error(429, "20") for _ in range(10)])
+async def test_errors_keep_the_attempt_limit_and_the_retry_timeout(monkeypatch) -> None:
+    clock = Clock(monkeypatch)
+    request = Script(*[api_error(503) for _ in range(100)])
+    with pytest.raises(K8sRequestFailed) as raised:
+        await clocked(clock, throttled_deadline=300, max_attempts=5).call(
+            K8sOperation.CREATE_POD, request, timeout=3
+        )
+    assert raised.value.reason is K8sRetryReason.SERVER_ERROR
+    assert request.calls == 5
 
-    clock = {"now": 0.0}
 
-    async def advancing(seconds: float) -> None:
-        sleeps.delays.append(seconds)
-        clock["now"] += seconds
-
-    import hub_resilience.hub.k8s_requests as module
-
-    original = module.time.monotonic
-    module.time.monotonic = lambda: clock["now"]  # type: ignore[assignment]
-    try:
-        with pytest.raises(K8sRequestFailed):
-            await K8sRequester(
-                BackoffPolicy(base=0.5, cap=30, max_attempts=20, deadline=30),
-                logging.getLogger("test"),
-                "alice",
-                sleep=advancing,
-            ).call(K8sOperation.CREATE_POD, request, timeout=3)
-    finally:
-        module.time.monotonic = original  # type: ignore[assignment]
-    assert request.calls == 2 and len(sleeps.delays) == 1
+async def test_the_deadline_stops_retries_before_a_wait_would_pass_it(monkeypatch) -> None:
+    """A 503 with Retry-After 20 s and a 30 s retry timeout: one wait fits, a second not."""
+    clock = Clock(monkeypatch)
+    request = Script(*[api_error(503, "20") for _ in range(10)])
+    with pytest.raises(K8sRequestFailed):
+        await clocked(clock, throttled_deadline=300).call(
+            K8sOperation.CREATE_POD, request, timeout=3
+        )
+    assert request.calls == 2 and len(clock.delays) == 1
 
 
 async def test_a_cancelled_request_is_not_retried() -> None:

@@ -131,14 +131,37 @@ def api_message(error: ApiException) -> str:
     return str(message)[:500] if message else ""
 
 
+def may_retry(
+    policy: BackoffPolicy,
+    reason: K8sRetryReason,
+    attempts: int,
+    elapsed: float,
+    delay: float,
+    throttled_deadline: float,
+) -> bool:
+    """Whether to try again after ``attempts`` took ``elapsed`` seconds, the last failing for
+    ``reason``, when the next attempt would wait ``delay`` more.
+
+    A 429 is the API server saying when it can take the request (Retry-After, which API
+    Priority and Fairness raises to 32 s under sustained load), not a failure to answer: it
+    is retried until ``throttled_deadline`` (the spawn's own start_timeout), however many
+    attempts that takes. Errors (5xx, timeouts, refused connections) keep the policy's
+    attempt limit and deadline (k8s_api_request_retry_timeout).
+    """
+    if reason is K8sRetryReason.THROTTLED:
+        return elapsed + delay <= max(throttled_deadline, policy.deadline)
+    return policy.should_retry(attempts, elapsed, delay)
+
+
 @dataclass
 class K8sRequester:
     """Runs Kubernetes API requests through the retry path, for one spawner (``what`` names
-    it in log lines: the user and server)."""
+    it in log lines: the user and server). ``throttled_deadline``: see :func:`may_retry`."""
 
     policy: BackoffPolicy
     log: logging.Logger | logging.LoggerAdapter
     what: str
+    throttled_deadline: float = 0.0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def call(
@@ -149,13 +172,15 @@ class K8sRequester:
         timeout: float,
     ) -> T:
         """``await request()`` (a fresh coroutine per attempt), each attempt bounded by
-        ``timeout`` seconds, retried on 429, 5xx, timeouts and connection errors.
+        ``timeout`` seconds, retried on 429, 5xx, timeouts and connection errors (how long:
+        :func:`may_retry`).
 
         Raises the ApiException of an answer that is not retried (the caller handles 404 or
         409), or :class:`K8sRequestFailed` when the policy runs out.
         """
         first = time.monotonic()
         attempts = 0
+        failures = 0  # attempts that failed for a reason other than throttling
         while True:
             attempts += 1
             started = time.monotonic()
@@ -175,9 +200,13 @@ class K8sRequester:
                 if isinstance(error, ApiException):
                     error.operation = operation  # type: ignore[attr-defined]
                 raise error
+            if reason is not K8sRetryReason.THROTTLED:
+                failures += 1
             delay = self.policy.delay(attempts - 1, retry_after_of(error))
             elapsed = time.monotonic() - first
-            if not self.policy.should_retry(attempts, elapsed, delay):
+            if not may_retry(
+                self.policy, reason, failures, elapsed, delay, self.throttled_deadline
+            ):
                 self.log.warning(
                     "Kubernetes API %s for %s: giving up after %d attempts in %.0fs (last: %s)",
                     operation,

@@ -161,8 +161,11 @@ class ResilientKubeSpawner(KubeSpawner):
         config=True,
         help="""
         Attempts at one Kubernetes API request (any create, read or delete of a pod, PVC,
-        namespace, secret or service) before the spawn or stop fails; the time they may take
-        is bounded by k8s_api_request_retry_timeout, each attempt by k8s_api_request_timeout.
+        namespace, secret or service) that fail with a 5xx, a timeout or a refused
+        connection, before the spawn or stop fails; the time they may take is bounded by
+        k8s_api_request_retry_timeout, each attempt by k8s_api_request_timeout. Throttled
+        attempts (429) do not count: they are retried, honouring Retry-After, for as long as
+        start_timeout allows.
         """,
     )
 
@@ -248,7 +251,12 @@ class ResilientKubeSpawner(KubeSpawner):
     @property
     def k8s(self) -> K8sRequester:
         """The retry path every Kubernetes API request of this spawner goes through."""
-        return K8sRequester(self.backoff_policy(), self.log, self._log_name)
+        return K8sRequester(
+            self.backoff_policy(),
+            self.log,
+            self._log_name,
+            throttled_deadline=float(self.start_timeout),
+        )
 
     # -- reflectors -------------------------------------------------------------------------
 
