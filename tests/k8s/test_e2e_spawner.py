@@ -112,12 +112,6 @@ PROFILES = [
             "extra_containers": [{"name": "bare", "image": "busybox"}],
         },
     },
-    # Small enough for 50 at once next to the others on the four 4-CPU fake nodes.
-    {
-        "display_name": "Tiny",
-        "slug": "tiny",
-        "kubespawner_override": {"cpu_limit": 0.05, "mem_limit": "64M"},
-    },
     # Asks for more CPU than any node has (the fake nodes have 4).
     {
         "display_name": "Huge",
@@ -145,7 +139,6 @@ c.KubeSpawner.image = "quay.io/jupyter/base-notebook:2026-11-02"
 c.KubeSpawner.cmd = ["jupyterhub-singleuser"]
 c.KubeSpawner.start_timeout = 120
 c.KubeSpawner.http_timeout = 60
-c.KubeSpawner.k8s_api_request_retry_timeout = 120
 c.KubeSpawner.profile_list = {PROFILES!r}
 """
 
@@ -214,38 +207,6 @@ async def stop_all_servers(hub: RunningHub) -> None:
         names = [u["name"] async for u in client.iter_users() if u.get("servers")]
         await gather_limited((client.stop_server(n) for n in names), limit=10)
         await gather_limited((client.wait_for_server_stopped(n, timeout=120) for n in names), 10)
-
-
-async def noisy_neighbour(kubeconfig: Path, namespace: str, stop: asyncio.Event, index: int) -> int:
-    """Another API client writing to the API server (secrets, create then delete) until
-    ``stop``, as controllers and other tools do on a real cluster; returns its 429 count.
-
-    It uses the hub's own (non-system:masters) identity, so its requests occupy the API
-    server's in-flight slots; a short pause between writes leaves the slot free about half
-    the time."""
-    from kubernetes_asyncio import client as aclient
-    from kubernetes_asyncio import config as aconfig
-    from kubernetes_asyncio.client.rest import ApiException
-
-    api_client = await aconfig.new_client_from_config(config_file=str(kubeconfig))
-    throttled = 0
-    async with api_client:
-        api = aclient.CoreV1Api(api_client)
-        i = 0
-        while not stop.is_set():
-            name = f"noise-{index}-{i}"
-            i += 1
-            try:
-                await api.create_namespaced_secret(
-                    namespace, aclient.V1Secret(metadata=aclient.V1ObjectMeta(name=name))
-                )
-                await api.delete_namespaced_secret(name, namespace)
-            except ApiException as e:
-                if e.status != 429:
-                    raise
-                throttled += 1
-            await asyncio.sleep(0.03)
-    return throttled
 
 
 async def test_twenty_users_get_guaranteed_pods_for_every_profile(
@@ -430,7 +391,10 @@ async def test_unschedulable_pod_fails_with_a_clear_message(
         await client.start_server("greedy", user_options={"profile": "huge"})
         await wait_until_stopped(client, "greedy", timeout=120)
     log = hub.log_text()
-    assert "did not start within 20 seconds because no node has room for it" in log
+    assert (
+        "Spawn of greedy failed (unschedulable): Your server did not start within 20 seconds "
+        "because no node in the cluster has room for this profile."
+    ) in log
     assert "Insufficient cpu" in log  # the scheduler's own words, passed on to the user
     families = await scrape(hub)
     outcomes = "hub_resilience_spawn_outcomes"
@@ -454,51 +418,3 @@ async def wait_until_stopped(client, name: str, timeout: float = 60.0) -> None:
             return
         await asyncio.sleep(0.5)
     raise TimeoutError(f"{name}'s server was still there after {timeout}s")
-
-
-async def test_spawns_succeed_through_a_throttling_api_server(k8s_cluster: LocalCluster) -> None:
-    """50 users at once against an API server that admits one mutating request at a time.
-
-    The API server itself answers 429 (max-mutating-requests-inflight=1) while two other
-    clients write to it; the spawner retries with backoff and every spawn succeeds.
-    """
-    throttled = k8s_cluster.throttled_endpoint(
-        max_requests_inflight=10, max_mutating_requests_inflight=1
-    )
-    names = [f"rush-{i:02d}" for i in range(50)]
-    async with k8s_hub(throttled.kubeconfig, k8s_cluster.namespace) as hub:
-        async with hub.client() as client:
-            await create_users(client, names)
-            stop = asyncio.Event()
-            neighbours = [
-                asyncio.create_task(
-                    noisy_neighbour(throttled.kubeconfig, k8s_cluster.namespace, stop, index)
-                )
-                for index in range(2)
-            ]
-            try:
-                await gather_limited(
-                    (
-                        client.start_server_and_wait(
-                            name, user_options={"profile": "tiny"}, timeout=300, poll_interval=1
-                        )
-                        for name in names
-                    ),
-                    limit=50,
-                )
-            finally:
-                stop.set()
-                neighbour_429s = sum(await asyncio.gather(*neighbours))
-            assert neighbour_429s > 0  # the API server really was throttling
-            families = await scrape(hub)
-            servers = [await client.get_server(name) for name in names]
-        assert all(s and s.get("ready") for s in servers)
-        api = "hub_resilience_k8s_api_requests"
-        assert sample(families, api, f"{api}_total", code="429") > 0
-        retries = "hub_resilience_k8s_api_retries"
-        assert sample(families, retries, f"{retries}_total", reason="throttled") > 0
-        outcomes = "hub_resilience_spawn_outcomes"
-        assert sample(families, outcomes, f"{outcomes}_total", outcome="success") == len(names)
-        assert sample(families, outcomes, f"{outcomes}_total", outcome="k8s_throttled") == 0
-        # Stopping goes through the same throttled API server (pod deletes).
-        await stop_all_servers(hub)
