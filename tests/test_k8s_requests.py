@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -61,13 +62,16 @@ class Sleeps:
         self.delays.append(seconds)
 
 
-def requester(sleeps: Sleeps, **policy: float) -> K8sRequester:
+def requester(
+    sleep: Callable[[float], Awaitable[None]], throttled_deadline: float = 0.0, **policy: float
+) -> K8sRequester:
     settings = {"base": 0.5, "cap": 30.0, "max_attempts": 20, "deadline": 30.0, **policy}
     return K8sRequester(
         BackoffPolicy(**settings),  # type: ignore[arg-type]
         logging.getLogger("test"),
         "alice",
-        sleep=sleeps,
+        throttled_deadline=throttled_deadline,
+        sleep=sleep,
     )
 
 
@@ -189,17 +193,6 @@ class Clock:
         self.now += seconds
 
 
-def clocked(clock: Clock, throttled_deadline: float = 0.0, **policy: float) -> K8sRequester:
-    settings = {"base": 0.5, "cap": 30.0, "max_attempts": 20, "deadline": 30.0, **policy}
-    return K8sRequester(
-        BackoffPolicy(**settings),  # type: ignore[arg-type]
-        logging.getLogger("test"),
-        "alice",
-        throttled_deadline=throttled_deadline,
-        sleep=clock.sleep,
-    )
-
-
 async def test_throttling_is_waited_out_for_as_long_as_the_spawn_may_take(
     monkeypatch, caplog
 ) -> None:
@@ -209,7 +202,7 @@ async def test_throttling_is_waited_out_for_as_long_as_the_spawn_may_take(
     clock = Clock(monkeypatch)
     ladder = ["1", "2", "4", "8", "16", "32", "32", "32", "32"]
     request = Script(*[api_error(429, value) for value in ladder])
-    result = await clocked(clock, throttled_deadline=300, max_attempts=5).call(
+    result = await requester(clock.sleep, throttled_deadline=300, max_attempts=5).call(
         K8sOperation.CREATE_PVC, request, timeout=3
     )
     assert result == "stored" and request.calls == len(ladder) + 1
@@ -221,7 +214,7 @@ async def test_persistent_throttling_gives_up_at_the_spawns_deadline(monkeypatch
     request = Script(*[api_error(429, "10") for _ in range(100)])
     with caplog.at_level(logging.WARNING, logger="test"):
         with pytest.raises(K8sRequestFailed) as raised:
-            await clocked(clock, throttled_deadline=60).call(
+            await requester(clock.sleep, throttled_deadline=60).call(
                 K8sOperation.CREATE_POD, request, timeout=3
             )
     failed = raised.value
@@ -236,7 +229,7 @@ async def test_errors_keep_the_attempt_limit_and_the_retry_timeout(monkeypatch) 
     clock = Clock(monkeypatch)
     request = Script(*[api_error(503) for _ in range(100)])
     with pytest.raises(K8sRequestFailed) as raised:
-        await clocked(clock, throttled_deadline=300, max_attempts=5).call(
+        await requester(clock.sleep, throttled_deadline=300, max_attempts=5).call(
             K8sOperation.CREATE_POD, request, timeout=3
         )
     assert raised.value.reason is K8sRetryReason.SERVER_ERROR
@@ -248,7 +241,7 @@ async def test_the_deadline_stops_retries_before_a_wait_would_pass_it(monkeypatc
     clock = Clock(monkeypatch)
     request = Script(*[api_error(503, "20") for _ in range(10)])
     with pytest.raises(K8sRequestFailed):
-        await clocked(clock, throttled_deadline=300).call(
+        await requester(clock.sleep, throttled_deadline=300).call(
             K8sOperation.CREATE_POD, request, timeout=3
         )
     assert request.calls == 2 and len(clock.delays) == 1

@@ -18,6 +18,7 @@ from kubespawner import KubeSpawner
 from prometheus_client import REGISTRY
 
 from hub_resilience.hub.spawner import SPAWN_ID_ANNOTATION, ResilientKubeSpawner, SpawnTiming
+from tests.test_spawn_failures import UNSCHEDULABLE_POD
 
 
 def outcome_count(outcome: str, profile: str = "default") -> float:
@@ -173,21 +174,7 @@ async def test_the_hubs_start_timeout_is_reported_with_the_cause(spawner, monkey
         return "http://never"
 
     monkeypatch.setattr(KubeSpawner, "_start", never_runs)
-    pending = {
-        "metadata": {"name": spawner.pod_name, "uid": "u1", "annotations": {}},
-        "status": {
-            "phase": "Pending",
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient memory.",
-                }
-            ],
-        },
-    }
-    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: pending)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: UNSCHEDULABLE_POD)
     spawner.start_timeout = 2
     before = outcome_count("unschedulable")
     with pytest.raises(TimeoutError) as raised:
@@ -195,7 +182,7 @@ async def test_the_hubs_start_timeout_is_reported_with_the_cause(spawner, monkey
     assert "did not start within 2 seconds because no node in the cluster has room" in str(
         raised.value
     )
-    assert "3 Insufficient memory" in str(raised.value)
+    assert "4 Insufficient cpu" in str(raised.value)
     assert outcome_count("unschedulable") - before == 1
 
 

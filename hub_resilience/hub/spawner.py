@@ -482,14 +482,19 @@ class ResilientKubeSpawner(KubeSpawner):
         return True
 
     async def _check_pvc_exists(self, pvc_name: str, namespace: str) -> bool:
+        return await self._exists(
+            K8sOperation.READ_PVC,
+            lambda: self.api.read_namespaced_persistent_volume_claim(
+                name=pvc_name, namespace=namespace
+            ),
+        )
+
+    async def _exists(
+        self, operation: K8sOperation, read: Callable[[], Awaitable[Any]]
+    ) -> bool:
+        """A read through the retry path: False for 404, True for an answer."""
         try:
-            await self.k8s.call(
-                K8sOperation.READ_PVC,
-                lambda: self.api.read_namespaced_persistent_volume_claim(
-                    name=pvc_name, namespace=namespace
-                ),
-                timeout=self.k8s_api_request_timeout,
-            )
+            await self.k8s.call(operation, read, timeout=self.k8s_api_request_timeout)
         except ApiException as e:
             if e.status == 404:
                 return False
@@ -525,17 +530,7 @@ class ResilientKubeSpawner(KubeSpawner):
             lambda: delete(namespace=self.namespace, name=name),
             self.k8s_api_request_timeout,
         )
-        try:
-            await self.k8s.call(
-                read_op,
-                lambda: read(namespace=self.namespace, name=name),
-                timeout=self.k8s_api_request_timeout,
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return True
-            raise
-        return False
+        return not await self._exists(read_op, lambda: read(namespace=self.namespace, name=name))
 
     async def _make_create_resource_request(self, kind: str, manifest: Any) -> bool:
         """Create a secret or service; one that exists (409) is fine, as in KubeSpawner."""

@@ -1134,7 +1134,6 @@ class LocalCluster:
             rbac = client.RbacAuthorizationV1Api(api_client)
             ns = self.namespace
             core.create_namespace({"metadata": {"name": ns}})
-            core.create_namespaced_service_account(ns, {"metadata": {"name": HUB_SERVICE_ACCOUNT}})
             rbac.create_namespaced_role(
                 ns,
                 {
@@ -1142,24 +1141,7 @@ class LocalCluster:
                     "rules": [dict(rule) for rule in self.hub_role_rules],
                 },
             )
-            rbac.create_namespaced_role_binding(
-                ns,
-                {
-                    "metadata": {"name": "hub"},
-                    "subjects": [
-                        {"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": ns}
-                    ],
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "Role",
-                        "name": "hub",
-                    },
-                },
-            )
-            token_request = core.create_namespaced_service_account_token(
-                HUB_SERVICE_ACCOUNT, ns, {"spec": {"expirationSeconds": 7 * 24 * 3600}}
-            )
-        self._hub_token = token_request.status.token
+        self._hub_token = self._bound_service_account_token(HUB_SERVICE_ACCOUNT)
         admin_config = yaml.safe_load(api.admin_kubeconfig.read_text())
         ca_pem = base64.b64decode(
             admin_config["clusters"][0]["cluster"]["certificate-authority-data"]
@@ -1289,17 +1271,22 @@ class LocalCluster:
 
     def _start_controller_manager(self) -> None:
         port = free_port()
-        process = self._launch(
+        self._launch_until_healthy(
             "kube-controller-manager",
             controller_manager_command(
                 self.bin_dir / "kube-controller-manager", self.admin_kubeconfig, port
             ),
+            port,
         )
+
+    def _launch_until_healthy(self, name: str, command: list[str], port: int) -> None:
+        """Start a control-plane component and wait for its /healthz on ``port``."""
+        process = self._launch(name, command)
         context = unverified_tls()
         wait_until(
             lambda: http_ok(f"https://{LOOPBACK}:{port}/healthz", context=context),
             timeout=COMPONENT_START_TIMEOUT,
-            what="kube-controller-manager /healthz",
+            what=f"{name} /healthz",
             process=process,
         )
 
@@ -1334,16 +1321,10 @@ class LocalCluster:
 
     def _start_scheduler(self) -> None:
         port = free_port()
-        process = self._launch(
+        self._launch_until_healthy(
             "kube-scheduler",
             scheduler_command(self.bin_dir / "kube-scheduler", self.admin_kubeconfig, port),
-        )
-        context = unverified_tls()
-        wait_until(
-            lambda: http_ok(f"https://{LOOPBACK}:{port}/healthz", context=context),
-            timeout=COMPONENT_START_TIMEOUT,
-            what="kube-scheduler /healthz",
-            process=process,
+            port,
         )
 
     def _start_kwok(self) -> None:

@@ -86,14 +86,19 @@ def test_throttle_refuses_zero_because_kube_apiserver_reads_it_as_unlimited() ->
         Throttle(max_requests_inflight=2, max_mutating_requests_inflight=0)
 
 
-def test_apiserver_command_binds_loopback_and_throttles_only_when_asked(tmp_path: Any) -> None:
-    common = dict(
+def apiserver_args(tmp_path: Any) -> dict[str, Any]:
+    """The arguments every apiserver_command test passes (ports and files do not matter)."""
+    return dict(
         etcd_port=1,
         secure_port=2,
         cert_dir=tmp_path,
         token_file=tmp_path / "t",
         service_account_key=tmp_path / "k",
     )
+
+
+def test_apiserver_command_binds_loopback_and_throttles_only_when_asked(tmp_path: Any) -> None:
+    common = apiserver_args(tmp_path)
     plain = apiserver_command(tmp_path / "kube-apiserver", **common)
     assert "--bind-address=127.0.0.1" in plain
     assert not any(arg.startswith("--max-requests-inflight") for arg in plain)
@@ -104,13 +109,7 @@ def test_apiserver_command_binds_loopback_and_throttles_only_when_asked(tmp_path
 
 
 def test_apiserver_command_with_apf_keeps_apf_on_with_a_small_total_limit(tmp_path: Any) -> None:
-    common = dict(
-        etcd_port=1,
-        secure_port=2,
-        cert_dir=tmp_path,
-        token_file=tmp_path / "t",
-        service_account_key=tmp_path / "k",
-    )
+    common = apiserver_args(tmp_path)
     command = apiserver_command(tmp_path / "kube-apiserver", apf=ApfThrottle(1, 20, 10), **common)
     assert "--enable-priority-and-fairness=true" in command
     assert "--max-requests-inflight=20" in command
