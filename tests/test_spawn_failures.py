@@ -87,6 +87,21 @@ def test_a_timeout_on_an_unschedulable_pod_names_the_cause_and_the_scheduler_wor
     assert "Kubernetes says: 0/4 nodes are available: 4 Insufficient cpu." in failure.message
 
 
+def test_a_pod_waiting_for_its_volume_says_so() -> None:
+    events = [
+        {
+            "reason": "FailedScheduling",
+            "message": "0/4 nodes are available: pod has unbound immediate "
+            "PersistentVolumeClaims. not found",
+        }
+    ]
+    failure = classify(TimeoutError(), pod=UNSCHEDULABLE_POD, events=events, start_timeout=15)
+    assert failure.outcome is SpawnOutcome.UNSCHEDULABLE
+    assert "because its storage is not ready yet (the volume claim is not bound)" in (
+        failure.message
+    )
+
+
 def test_an_event_message_is_preferred_to_the_condition() -> None:
     events = [
         {"reason": "FailedScheduling", "message": "0/30 nodes are available: 30 Too many pods."}

@@ -27,6 +27,11 @@ POD_CAUSES = {
 }
 
 
+#: The scheduler's words for a pod waiting for its volume, and what the user reads then.
+UNBOUND_CLAIM = "unbound immediate PersistentVolumeClaims"
+STORAGE_NOT_READY = "its storage is not ready yet (the volume claim is not bound)"
+
+
 @dataclass(frozen=True)
 class SpawnFailure:
     """The outcome to count and the message for the user (None: the error's own says it)."""
@@ -104,7 +109,10 @@ def classify_failure(
     within = f"did not start within {start_timeout:g} seconds" if timed_out else "could not start"
     if cause is not None:
         says = kubernetes_says(pod, events)
-        return SpawnFailure(cause, f"Your server {within} because {POD_CAUSES[cause]}.{says}")
+        because = POD_CAUSES[cause]
+        if cause is SpawnOutcome.UNSCHEDULABLE and UNBOUND_CLAIM in says:
+            because = STORAGE_NOT_READY
+        return SpawnFailure(cause, f"Your server {within} because {because}.{says}")
     if watch_down is not None:
         if watch_down.reason is K8sRetryReason.THROTTLED:
             return SpawnFailure(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -181,6 +182,38 @@ async def wait_for(condition: Any, hub: RunningHub, timeout: float) -> dict:
         await asyncio.sleep(1)
 
 
+#: How JupyterHub 5.x logs a spawn that failed after the hub answered the request: with
+#: z2jh's slow_spawn_timeout 0, tornado's with_timeout reports the spawn future's exception,
+#: with its traceback, once it fails (JupyterHub 6 no longer does).
+JUPYTERHUB5_LATE_SPAWN_FAILURE = re.compile(
+    r"\[E [^\]]* gen:\d+\] Exception in Future <Task finished name='[^']*' "
+    r"coro=<BaseHandler\.spawn_single_user\.<locals>\.finish_user_spawn\(\)"
+)
+
+
+def assert_no_traceback_but_jupyterhub5s_own_for(log: str, failed: list[str]) -> None:
+    """No traceback in the hub's log, except JupyterHub 5's report of a spawn that was meant
+    to fail here, ending in the spawner's own message (one per failed user at most)."""
+    blocks = re.split(r"\n(?=\[[DIWEC] )", log)
+    late = [b for b in blocks if "Traceback" in b and JUPYTERHUB5_LATE_SPAWN_FAILURE.match(b)]
+    others = [b for b in blocks if "Traceback" in b and b not in late]
+    assert not others, others[0][:4000]
+    ours = (
+        "Cannot start this server: profile",
+        "Your server did not start within",
+        "didn't respond",
+    )
+    for block in late:
+        assert (
+            block.rstrip()
+            .splitlines()[-1]
+            .lstrip()
+            .startswith(("TimeoutError", "tornado.web.HTTPError"))
+        ), block
+        assert any(text in block for text in ours), block
+    assert len(late) <= len(failed)
+
+
 def assert_clean_log(hub: RunningHub) -> None:
     """No traceback and no ERROR line anywhere in the hub's log."""
     log = hub.log_text()
@@ -218,9 +251,7 @@ async def busy_neighbour(endpoint: ApiEndpoint, namespace: str, stop: asyncio.Ev
         api = aclient.CoreV1Api(api_client)
         while not stop.is_set():
             # A small page, never parsed: it holds the seat briefly, costs little CPU here.
-            response = await api.list_namespaced_pod(
-                namespace, limit=5, _preload_content=False
-            )
+            response = await api.list_namespaced_pod(namespace, limit=5, _preload_content=False)
             await response.read()
             if response.status == 429:
                 refused += 1
@@ -544,17 +575,19 @@ def check_short_start_outcomes(
     # What each user is told: the message of the exception their spawn ended with, which
     # the hub shows on the spawn page ("Spawn failed: ..."); the spawner logs it too.
     for name in greedy:
-        assert (
-            f"Spawn of {name} failed (unschedulable): Your server did not start within 15 "
-            "seconds because no node in the cluster has room for this profile. Kubernetes "
-            "says: 0/4 nodes are available"
-        ) in log
+        # The scheduler's reason: no node has the CPU, or (while the PVC binds, under load)
+        # the volume; the message names whichever it said last.
+        said = re.search(rf"Spawn of {name} failed \(unschedulable\): (.*)", log)
+        assert said, name
+        assert said[1].startswith("Your server did not start within 15 seconds because "), said[1]
+        assert "Kubernetes says: 0/4 nodes are available" in said[1]
+        assert ("no node in the cluster has room" in said[1]) == ("Insufficient cpu" in said[1])
         assert f"{name}'s server failed to start in 15 seconds, giving up" in log
     for name in silent:
         assert f"{name}'s server never showed up at" in log  # JupyterHub's own words
     for name in silent:
         assert f"Spawn of {name} failed (http_timeout)" in log
-    assert "Traceback" not in log
+    assert_no_traceback_but_jupyterhub5s_own_for(log, greedy + silent + ["broken-user"])
     # The failed spawns' pods are gone from the API server.
     left = {f"jupyter-{n}" for n in greedy + silent} & {
         p.metadata.name for p in api.list_namespaced_pod(namespace).items
