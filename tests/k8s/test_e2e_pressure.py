@@ -26,11 +26,10 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_resilience.hubclient import HubAPIError
 from tests.k8s.cluster import ApiEndpoint, LocalCluster, requests_429
+from tests.k8s.test_e2e_spawner import sample, scrape
 from tests.support.hub import (
     RunningHub,
     create_users,
@@ -147,28 +146,12 @@ async def z2jh_hub(
             raise
 
 
-async def scrape(hub: RunningHub) -> dict[str, list]:
-    request = HTTPRequest(
-        f"{hub.url}/hub/metrics",
-        headers={"Authorization": f"token {hub.token}"},  # z2jh keeps read:metrics for admins
-        request_timeout=30,
-    )
-    response = await AsyncHTTPClient().fetch(request)
-    families: dict[str, list] = {}
-    for family in text_string_to_metric_families(response.body.decode()):
-        families[family.name] = [(s.name, s.labels, s.value) for s in family.samples]
-    return families
-
-
 def total(families: dict, name: str, **labels: str) -> float:
+    """:func:`sample` of the family ``name`` belongs to (``x_total``, ``x_count``... of x)."""
     family = name
     for suffix in ("_total", "_count", "_sum", "_bucket"):
         family = family.removesuffix(suffix)
-    return sum(
-        value
-        for sample_name, sample_labels, value in families.get(family, [])
-        if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
-    )
+    return sample(families, family, name, **labels)
 
 
 async def wait_for(condition: Any, hub: RunningHub, timeout: float) -> dict:

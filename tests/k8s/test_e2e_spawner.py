@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_resilience.hubclient import HubAPIError
 from hub_resilience.service.culler import Culler
@@ -171,8 +171,14 @@ async def k8s_hub(kubeconfig: Path, namespace: str, extra: str = "") -> AsyncIte
 
 
 async def scrape(hub: RunningHub) -> dict[str, list]:
-    """The hub's /hub/metrics as {family name: [(sample name, labels, value)]}."""
-    response = await AsyncHTTPClient().fetch(f"{hub.url}/hub/metrics", request_timeout=30)
+    """The hub's /hub/metrics as {family name: [(sample name, labels, value)]}, read with
+    the test service's (admin) token, which z2jh's configuration requires."""
+    request = HTTPRequest(
+        f"{hub.url}/hub/metrics",
+        headers={"Authorization": f"token {hub.token}"},
+        request_timeout=30,
+    )
+    response = await AsyncHTTPClient().fetch(request)
     families = {}
     for family in text_string_to_metric_families(response.body.decode()):
         families[family.name] = [(s.name, s.labels, s.value) for s in family.samples]
