@@ -646,12 +646,29 @@ class HubClient:
     ) -> StartResult:
         """Ask the hub to start a server; a server already starting or running is fine.
 
-        Retried only when the hub refused (429, 503) or was not reached: a 5xx answer means
-        the spawn itself failed, and spawning again is the caller's decision.
+        Retried when the hub refused (429, 503) or was not reached. A start whose answer was
+        lost (a timeout on a swamped hub, a reset connection) may have reached the hub: the
+        server's model says whether it did, and the start is sent again only when the hub has
+        no such server. A 5xx answer means the spawn itself failed, and spawning again is the
+        caller's decision.
         """
         body = None if user_options is None else dict(user_options)
         path = _user_path(name, server_name)
-        response = await self.request("POST", path, body=body, allowed=(400,))
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            try:
+                response = await self.request("POST", path, body=body, allowed=(400,))
+                break
+            except HubUnavailableError:
+                attempts += 1
+                found = await self._start_in_progress(name, server_name)
+                if found is not None:
+                    return found
+                delay = self.policy.delay(attempts - 1, None, self._rng)
+                if not self.policy.should_retry(attempts, time.monotonic() - started, delay):
+                    raise
+                await asyncio.sleep(delay)
         if response.status == 201:
             return StartResult.STARTED
         if response.status == 202:
@@ -659,13 +676,20 @@ class HubClient:
         if response.status == 400:
             # 400 means "already running" or "pending stop" (or a bad request); the server's
             # model says which, so we do not depend on the wording of the message.
-            server = await self.get_server(name, server_name)
-            if server and server.get("ready"):
-                return StartResult.ALREADY_RUNNING
-            if server and server.get("pending") == "spawn":
-                return StartResult.PENDING
+            found = await self._start_in_progress(name, server_name)
+            if found is not None:
+                return found
             raise HubAPIError(response.message(), method="POST", path=path, status=400)
         return StartResult.STARTED
+
+    async def _start_in_progress(self, name: str, server_name: str) -> StartResult | None:
+        """ALREADY_RUNNING or PENDING when the hub's model shows the server so, else None."""
+        server = await self.get_server(name, server_name)
+        if server and server.get("ready"):
+            return StartResult.ALREADY_RUNNING
+        if server and server.get("pending") == "spawn":
+            return StartResult.PENDING
+        return None
 
     async def stop_server(
         self, name: str, server_name: str = "", *, remove: bool = False

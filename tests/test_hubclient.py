@@ -267,6 +267,31 @@ async def test_requests_that_must_not_repeat_are_not_retried(
 
 
 @pytest.mark.hub
+async def test_a_start_whose_answer_was_lost_is_confirmed_not_sent_twice(
+    hub: RunningHub, client: HubClient, proxy: FaultProxy
+) -> None:
+    """A swamped hub may carry out a start and answer after the client gave up: the server's
+    model, not a second POST, settles it. A start the hub never saw is sent again."""
+    await create_users(client, ["lost-answer", "never-seen"])
+    path = "/hub/api/users/lost-answer/server"
+    proxy.queue("lost")
+    async with via(proxy, hub) as c:
+        assert await c.start_server("lost-answer", user_options={"start_delay": 2}) is (
+            StartResult.PENDING
+        )
+        assert proxy.count("POST", path) == 1
+        assert [r.outcome for r in proxy.records if r.path == path] == ["lost"]
+        assert (await c.start_server_and_wait("lost-answer", poll_interval=0.2))["ready"]
+        assert proxy.count("POST", path) == 2  # the wait's own start, answered 202 or 400
+
+        proxy.queue("reset")
+        assert await c.start_server("never-seen") in (StartResult.STARTED, StartResult.PENDING)
+    seen = [r.outcome for r in proxy.records if r.path == "/hub/api/users/never-seen/server"]
+    assert seen == ["reset", "forwarded"]
+    assert (await client.start_server_and_wait("never-seen", poll_interval=0.2))["ready"]
+
+
+@pytest.mark.hub
 async def test_attempts_are_bounded(hub: RunningHub, proxy: FaultProxy) -> None:
     proxy.queue(*["500"] * 10)
     async with via(proxy, hub, BackoffPolicy(base=0.01, cap=0.02, max_attempts=3)) as c:

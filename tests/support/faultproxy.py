@@ -9,6 +9,8 @@ one of these instead (drawn from a ``random.Random(seed)``, so a run is repeatab
   ``Retry-After`` as an HTTP-date; ``429-bare``: without ``Retry-After`` (as JupyterHub's
   active-server limit answers);
 - ``reset``: the connection is reset (TCP RST) without an answer, hub not asked;
+- ``lost``: the request is forwarded and carried out, then the connection is reset instead
+  of answering (what a client sees when the hub's answer comes after its timeout);
 - ``malformed``: the request is forwarded and the hub's answer is corrupted into invalid
   JSON (for requests whose answer has a body; others pass through).
 
@@ -35,7 +37,7 @@ from hub_resilience.hubclient import HubClient
 from tests.support.hub import unused_port
 
 FAULT_KINDS: tuple[str, ...] = (
-    "400", "404", "429", "429-date", "429-bare", "500", "reset", "malformed",
+    "400", "404", "429", "429-date", "429-bare", "500", "reset", "lost", "malformed",
 )
 
 _HOP_BY_HOP = {
@@ -198,16 +200,17 @@ class _ProxyHandler(web.RequestHandler):
             return
         if fault == "reset":
             self._record(fault, None)
-            stream = self.detach()
-            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-            stream.socket.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-            stream.close()
+            self._reset()
             return
-        await self._forward(corrupt=fault == "malformed")
+        await self._forward(corrupt=fault == "malformed", lose=fault == "lost")
 
-    async def _forward(self, corrupt: bool) -> None:
+    def _reset(self) -> None:
+        stream = self.detach()
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.close()
+
+    async def _forward(self, corrupt: bool, lose: bool = False) -> None:
         if self.proxy.on_forward is not None:
             await self.proxy.on_forward(self.request.method or "", self.request.path)
         headers = {
@@ -234,6 +237,10 @@ class _ProxyHandler(web.RequestHandler):
             self._error(502, f"upstream unreachable: {e}")
             return
         status = response.code
+        if lose:
+            self._record("lost", None)
+            self._reset()
+            return
         payload = response.body or b""
         outcome = "forwarded"
         if corrupt and payload and status not in (204, 304):
