@@ -20,6 +20,7 @@ Use it from pytest through the ``k8s_cluster`` fixture (tests/k8s/conftest.py), 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import ctypes
@@ -53,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
 POD_STAGES = HERE / "stages" / "pod-lifecycle.yaml"
 RESPONDER = HERE / "responder.py"
+SEAT_HOLDER = HERE / "seat_holder.py"
 
 LOOPBACK = "127.0.0.1"
 #: Pod addresses: node N gets 127.42.N.0/24. All of 127.0.0.0/8 is local on Linux, so the
@@ -112,6 +114,10 @@ DISABLED_ADMISSION_PLUGINS = (
     "TaintNodesByCondition",
     "StorageObjectInUseProtection",
 )
+
+#: Shares the one-seat priority level of an APF endpoint's watches (LocalCluster.apf_watch_level):
+#: its held creates fill that level, so the throttled identity's watches get 429.
+WATCH_BLOCKER_SERVICE_ACCOUNT = "watch-blocker"
 
 #: The APF FlowSchema for HUB_THROTTLED_SERVICE_ACCOUNT: evaluated before the suggested
 #: "service-accounts" (9000) and "global-default" (9900) schemas that would otherwise match it,
@@ -373,6 +379,37 @@ def apf_flow_schema_manifest(
     }
 
 
+def apf_watch_flow_schema_manifest(
+    name: str, priority_level: str, watcher: str, blocker: str, namespace: str
+) -> dict[str, Any]:
+    """A FlowSchema sending the watches of ServiceAccount ``watcher`` and every request of
+    ServiceAccount ``blocker`` to ``priority_level``, matched before
+    :func:`apf_flow_schema_manifest`'s (which takes the watcher's other requests)."""
+    manifest = apf_flow_schema_manifest(
+        name, priority_level, blocker, namespace, APF_MATCHING_PRECEDENCE - 1
+    )
+    manifest["spec"]["rules"].append(
+        {
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "serviceAccount": {"name": watcher, "namespace": namespace},
+                }
+            ],
+            "resourceRules": [
+                {
+                    "verbs": ["watch"],
+                    "apiGroups": ["*"],
+                    "resources": ["*"],
+                    "clusterScope": True,
+                    "namespaces": ["*"],
+                }
+            ],
+        }
+    )
+    return manifest
+
+
 def default_storage_class_manifest(name: str = DEFAULT_STORAGE_CLASS) -> dict[str, Any]:
     """The cluster's default StorageClass: hostPath PVs, bound at once, deleted with the PVC."""
     return {
@@ -386,6 +423,81 @@ def default_storage_class_manifest(name: str = DEFAULT_STORAGE_CLASS) -> dict[st
         "reclaimPolicy": "Delete",
         "volumeBindingMode": "Immediate",
     }
+
+
+#: The seat holder's ValidatingWebhookConfiguration (tests/k8s/seat_holder.py).
+SEAT_HOLDER_WEBHOOK = "hub-resilience-test-seat-holder"
+
+
+def seat_holder_webhook_manifest(url: str, ca_pem: bytes) -> dict[str, Any]:
+    """Secrets created with the seat holder's label are sent to it (and only those)."""
+    from tests.k8s.seat_holder import HOLD_LABEL
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": SEAT_HOLDER_WEBHOOK},
+        "webhooks": [
+            {
+                "name": "seat-holder.hub-resilience.test",
+                "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_pem).decode()},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["secrets"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "objectSelector": {
+                    "matchExpressions": [{"key": HOLD_LABEL, "operator": "Exists"}]
+                },
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 30,
+                "failurePolicy": "Fail",
+            }
+        ],
+    }
+
+
+def held_secret_manifest(seconds: float) -> dict[str, Any]:
+    """A Secret the seat holder keeps in admission for ``seconds``, then denies (403)."""
+    from tests.k8s.seat_holder import HOLD_LABEL
+
+    return {"metadata": {"generateName": "seat-hold-", "labels": {HOLD_LABEL: f"{seconds:g}"}}}
+
+
+async def hold_seat(kubeconfig_path: Path, namespace: str, seconds: float) -> int:
+    """Create a held Secret (:func:`held_secret_manifest`) with ``kubeconfig_path``'s
+    identity, retrying its 429s until it gets a seat, and return once the seat holder has
+    denied it, ``seconds`` later: the number of 429s it got first.
+    ``LocalCluster.seat_holder(endpoint)`` must have been called for its API server."""
+    from kubernetes_asyncio import client as aclient
+    from kubernetes_asyncio import config as aconfig
+
+    from tests.k8s.seat_holder import DENIAL_PREFIX
+
+    refused = 0
+    api_client = await aconfig.new_client_from_config(config_file=str(kubeconfig_path))
+    async with api_client:
+        core = aclient.CoreV1Api(api_client)
+        while True:
+            try:
+                made = await core.create_namespaced_secret(
+                    namespace, held_secret_manifest(seconds)
+                )
+            except aclient.ApiException as e:
+                if e.status == 429:
+                    refused += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                if e.status == 403 and DENIAL_PREFIX in (e.body or ""):
+                    return refused
+                raise
+            await core.delete_namespaced_secret(made.metadata.name, namespace)
+            raise ClusterError(f"a held Secret was stored via {kubeconfig_path}: no seat holder")
 
 
 _METRIC_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -850,6 +962,9 @@ class LocalCluster:
         self._etcd_port = 0
         self.api: ApiEndpoint | None = None
         self.responder_url: str | None = None
+        self._seat_holder_url: str | None = None
+        #: Watch-blocker kubeconfig of each APF endpoint given a watch level, by endpoint.server.
+        self._watch_levels: dict[str, Path] = {}
         self.startup_seconds: float | None = None
         self._stopped = False
 
@@ -934,6 +1049,81 @@ class LocalCluster:
         if apf not in self._apf:
             self._apf[apf] = self._start_apf_endpoint(apf, index=len(self._apf))
         return self._apf[apf]
+
+    def seat_holder(self, endpoint: ApiEndpoint) -> None:
+        """Make held creates possible through ``endpoint``: start the admission webhook of
+        tests/k8s/seat_holder.py (once) and register it, then wait until ``endpoint`` applies
+        it. From then on, creating :func:`held_secret_manifest` there keeps the creator's APF
+        seat for the seconds it names, then fails with 403."""
+        if self._stopped:
+            raise ClusterError("the cluster is stopped")
+        if self._seat_holder_url is None:
+            self._start_seat_holder()
+        self._wait_seat_holder_applied(endpoint)
+
+    def seat_holds(self) -> dict[str, int]:
+        """The seat holder's count of creates held right now ("now") and so far ("total")."""
+        if self._seat_holder_url is None:
+            raise ClusterError("the seat holder is not started (call seat_holder first)")
+        url = self._seat_holder_url.removesuffix("/hold") + "/holding"
+        with urllib.request.urlopen(url, timeout=5, context=unverified_tls()) as response:
+            return dict(json.loads(response.read()))
+
+    def _start_seat_holder(self) -> None:
+        from kubernetes import client
+
+        port = free_port()
+        cert, key = self.work_dir / "seat-holder.crt", self.work_dir / "seat-holder.key"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-nodes", "-days", "7",
+                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-keyout", str(key), "-out", str(cert),
+                "-subj", f"/CN={LOOPBACK}", "-addext", f"subjectAltName=IP:{LOOPBACK}",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        address = f"{LOOPBACK}:{port}"
+        process = self._launch(
+            "seat-holder",
+            [sys.executable, str(SEAT_HOLDER), f"--address={address}",
+             f"--cert={cert}", f"--key={key}"],
+        )  # fmt: skip
+        wait_until(
+            lambda: http_ok(f"https://{address}/healthz", context=unverified_tls()),
+            timeout=COMPONENT_START_TIMEOUT,
+            what="the seat-holder webhook",
+            process=process,
+        )
+        with self.admin_client() as api_client:
+            client.AdmissionregistrationV1Api(
+                api_client
+            ).create_validating_webhook_configuration(
+                seat_holder_webhook_manifest(f"https://{address}/hold", cert.read_bytes())
+            )
+        self._seat_holder_url = f"https://{address}/hold"
+
+    def _wait_seat_holder_applied(self, endpoint: ApiEndpoint) -> None:
+        """Until ``endpoint`` sends a held create (of no seconds) to the webhook: API servers
+        pick webhook configurations up through a watch."""
+        from kubernetes import client, config
+
+        from tests.k8s.seat_holder import DENIAL_PREFIX
+
+        def denied() -> bool:
+            with config.new_client_from_config(
+                config_file=str(endpoint.admin_kubeconfig)
+            ) as api_client:
+                core = client.CoreV1Api(api_client)
+                try:
+                    made = core.create_namespaced_secret(self.namespace, held_secret_manifest(0))
+                except client.ApiException as e:
+                    return e.status == 403 and DENIAL_PREFIX in (e.body or "")
+                core.delete_namespaced_secret(made.metadata.name, self.namespace)
+                return False
+
+        wait_until(denied, timeout=COMPONENT_START_TIMEOUT, what="the seat holder to apply")
 
     # -- restarting an API server ------------------------------------------------------------
 
@@ -1189,20 +1379,9 @@ class LocalCluster:
             else f"{HUB_THROTTLED_SERVICE_ACCOUNT}-{index + 1}"
         )
         token = self._bound_service_account_token(name)
+        shares = self._create_priority_level(name, apf.seats, apf.server_concurrency_limit)
         with self.admin_client() as api_client:
-            flowcontrol = client.FlowcontrolApiserverV1Api(api_client)
-            other_shares = 0
-            for level in flowcontrol.list_priority_level_configuration().items:
-                spec = level.spec
-                if spec.limited is not None:
-                    other_shares += spec.limited.nominal_concurrency_shares or 0
-                elif spec.exempt is not None:
-                    other_shares += spec.exempt.nominal_concurrency_shares or 0
-            shares = apf_shares_for_seats(apf.seats, apf.server_concurrency_limit, other_shares)
-            flowcontrol.create_priority_level_configuration(
-                apf_priority_level_manifest(name, shares)
-            )
-            flowcontrol.create_flow_schema(
+            client.FlowcontrolApiserverV1Api(api_client).create_flow_schema(
                 apf_flow_schema_manifest(name, name, name, self.namespace)
             )
         process_name = (
@@ -1234,28 +1413,80 @@ class LocalCluster:
         self._wait_apf_applied(endpoint)
         return endpoint
 
+    def _create_priority_level(self, name: str, seats: int, server_limit: int) -> int:
+        """A Reject priority level of exactly ``seats`` seats next to the existing ones, on an
+        API server of total concurrency ``server_limit``; returns its shares."""
+        from kubernetes import client
+
+        with self.admin_client() as api_client:
+            flowcontrol = client.FlowcontrolApiserverV1Api(api_client)
+            other_shares = 0
+            for level in flowcontrol.list_priority_level_configuration().items:
+                spec = level.spec
+                if spec.limited is not None:
+                    other_shares += spec.limited.nominal_concurrency_shares or 0
+                elif spec.exempt is not None:
+                    other_shares += spec.exempt.nominal_concurrency_shares or 0
+            shares = apf_shares_for_seats(seats, server_limit, other_shares)
+            flowcontrol.create_priority_level_configuration(
+                apf_priority_level_manifest(name, shares)
+            )
+        return shares
+
+    def apf_watch_level(self, endpoint: ApfEndpoint) -> Path:
+        """Give the watches of ``endpoint``'s throttled identity a priority level of their own
+        (one seat, Reject), shared only with the ServiceAccount WATCH_BLOCKER_SERVICE_ACCOUNT,
+        whose kubeconfig on ``endpoint`` is returned. With the seat holder, a held create by
+        that identity (:func:`hold_seat`) fills the level: the throttled identity's watches
+        get 429 for as long, and its other requests are not affected. Created on first use."""
+        if endpoint.server in self._watch_levels:
+            return self._watch_levels[endpoint.server]
+        from kubernetes import client
+
+        name = f"{endpoint.priority_level}-watches"
+        blocker = WATCH_BLOCKER_SERVICE_ACCOUNT
+        token = self._bound_service_account_token(blocker)
+        self._create_priority_level(name, 1, endpoint.throttle.server_concurrency_limit)
+        with self.admin_client() as api_client:
+            client.FlowcontrolApiserverV1Api(api_client).create_flow_schema(
+                apf_watch_flow_schema_manifest(
+                    name, name, endpoint.service_account, blocker, self.namespace
+                )
+            )
+        config = yaml.safe_load(endpoint.admin_kubeconfig.read_text())
+        ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+        path = self.work_dir / f"{name}-{blocker}.kubeconfig"
+        self._write_kubeconfig(
+            path, kubeconfig(endpoint.server, ca_pem, blocker, token, self.namespace)
+        )
+        self._watch_levels[endpoint.server] = path
+        self._wait_apf_applied(endpoint)
+        return path
+
     def _wait_apf_applied(self, endpoint: ApfEndpoint) -> None:
-        """Wait until the API server applies the endpoint's priority level (it reads APF
-        objects from etcd through a watch) with the number of seats asked for."""
-        name = endpoint.priority_level
+        """Wait until the API server applies the endpoint's priority levels (it reads APF
+        objects from etcd through a watch) with the numbers of seats asked for."""
         process = self._apiservers[endpoint.server]
-        seen: list[float] = []
+        wanted = {endpoint.priority_level: float(endpoint.seats)}
+        if endpoint.server in self._watch_levels:
+            wanted[f"{endpoint.priority_level}-watches"] = 1.0
+        seen: dict[str, list[float]] = {}
 
         def applied() -> bool:
-            seen[:] = [
-                value
-                for labels, value in metric_samples(
-                    apiserver_metrics(endpoint), "apiserver_flowcontrol_nominal_limit_seats"
-                )
-                if labels.get("priority_level") == name
-            ]
-            return seen == [float(endpoint.seats)]
+            samples = metric_samples(
+                apiserver_metrics(endpoint), "apiserver_flowcontrol_nominal_limit_seats"
+            )
+            seen.clear()
+            for labels, value in samples:
+                if labels.get("priority_level") in wanted:
+                    seen.setdefault(labels["priority_level"], []).append(value)
+            return all(seen.get(level) == [seats] for level, seats in wanted.items())
 
         try:
             wait_until(
                 applied,
                 timeout=COMPONENT_START_TIMEOUT,
-                what=f"{process.name} to give priority level {name} {endpoint.seats} seat(s)",
+                what=f"{process.name} to give priority levels {wanted} seats",
                 process=process,
             )
         except ClusterError as error:

@@ -49,6 +49,7 @@ from tests.k8s.cluster import (
     count_429s,
     decode_proc_net_address,
     default_storage_class_manifest,
+    hold_seat,
     last_ca_certificate,
     node_manifest,
     requests_429,
@@ -781,11 +782,16 @@ def test_pvc_is_bound_a_pod_mounting_it_runs_and_deleting_the_claim_deletes_the_
 
 
 async def throttled_burst(
-    endpoint: ApfEndpoint, namespace: str, per_kind: int = 15, rounds: int = 10
+    endpoint: ApfEndpoint,
+    namespace: str,
+    per_kind: int = 15,
+    rounds: int = 10,
+    concurrent: bool = True,
 ) -> tuple[dict[str, dict[int, int]], set[str]]:
     """Concurrent dry-run creates, GETs, LISTs and WATCHes through kubernetes_asyncio (the
     client KubeSpawner uses) with the endpoint's throttled identity, in rounds until each kind
-    has seen a 429. Returns {kind: {status: count}} and the Retry-After values seen."""
+    has seen a 429 (one after the other when not ``concurrent``, so that they never take each
+    other's seat). Returns {kind: {status: count}} and the Retry-After values seen."""
     from kubernetes_asyncio import client as aclient
     from kubernetes_asyncio import config as aconfig
 
@@ -829,7 +835,12 @@ async def throttled_burst(
 
     try:
         for _ in range(rounds):
-            await asyncio.gather(*(one(kind, i) for i in range(per_kind) for kind in statuses))
+            calls = [one(kind, i) for i in range(per_kind) for kind in statuses]
+            if concurrent:
+                await asyncio.gather(*calls)
+            else:
+                for call in calls:
+                    await call
             if all(429 in by_status for by_status in statuses.values()):
                 break
     finally:
@@ -864,6 +875,52 @@ async def test_apf_endpoint_answers_429_to_creates_reads_and_watches(
     assert verbs.get("POST", 0) > 0 and verbs.get("WATCH", 0) > 0, delta
     assert verbs.get("GET", 0) + verbs.get("LIST", 0) > 0, delta
     assert retry_after and all(value.isdigit() and int(value) >= 1 for value in retry_after)
+
+
+@pytest.mark.k8s
+async def test_held_creates_fill_a_level_so_its_other_requests_get_429(
+    k8s_cluster: LocalCluster,
+) -> None:
+    """The seat holder turns "the API server refuses this identity for N s" into a
+    deterministic condition: while it holds the one-seat level's seat, a create, a get, a
+    list and a watch of the throttled identity are each refused. Its watches can be given a
+    level of their own, so that a hold there refuses its watches and nothing else."""
+    endpoint = k8s_cluster.apf_endpoint(seats=1)
+    k8s_cluster.seat_holder(endpoint)
+    watch_blocker = k8s_cluster.apf_watch_level(endpoint)
+    namespace = k8s_cluster.namespace
+    kinds = ("create", "get", "list", "watch")
+
+    async def during(*kubeconfigs: Any) -> dict[str, set[int]]:
+        """What a request of each kind got while the given identities held their seats."""
+        held_before = k8s_cluster.seat_holds()["total"]
+        started = time.monotonic()
+        holders = [asyncio.create_task(hold_seat(k, namespace, 5)) for k in kubeconfigs]
+        await asyncio.to_thread(
+            wait_until,
+            lambda: k8s_cluster.seat_holds()["now"] == len(holders),
+            timeout=STATE_TIMEOUT,
+            what="the seat holder to hold the creates",
+        )
+        statuses, _ = await throttled_burst(
+            endpoint, namespace, per_kind=1, rounds=1, concurrent=False
+        )
+        assert not any(h.done() for h in holders)  # the requests ran inside the holds
+        await asyncio.gather(*holders)
+        assert time.monotonic() - started >= 5
+        assert k8s_cluster.seat_holds() == {"now": 0, "total": held_before + len(holders)}
+        return {kind: set(statuses[kind]) for kind in kinds}
+
+    refused = {kind: {429} for kind in kinds}
+    assert await during(endpoint.kubeconfig, watch_blocker) == refused
+    # Only the main level held: the watch goes through its own level.
+    assert await during(endpoint.kubeconfig) == {**refused, "watch": {200}}
+    # Only the watch level held: only the watch is refused.
+    assert await during(watch_blocker) == {
+        "create": {200}, "get": {404}, "list": {200}, "watch": {429}
+    }
+    statuses, _ = await throttled_burst(endpoint, namespace, per_kind=1, rounds=1, concurrent=False)
+    assert all(429 not in by_status for by_status in statuses.values()), statuses
 
 
 @pytest.mark.k8s
