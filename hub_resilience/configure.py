@@ -598,6 +598,22 @@ class ConfigureCall:
 _last_call: list[ConfigureCall] = []
 
 
+def start_admission_governor(c: Config) -> bool:
+    """Check the governor's settings against ``c`` (a ConfigurationError names a bad one)
+    and, when this runs in a hub loading its config, start it there. The governor's code is
+    imported only in the hub: the sidecar and check-config run this too."""
+    from hub_resilience.hub.admission import AdmissionGovernor, start_governor
+
+    hub = _section(c, "JupyterHub")
+    limit = _get(hub, "concurrent_spawn_limit") or 0
+    try:
+        AdmissionGovernor(config=c).policy_settings(limit)
+    except (ValueError, TraitError) as e:
+        raise ConfigurationError(str(e)) from None
+    pinned = "spawn_throttle_retry_range" in dict(_items(hub, "tornado_settings", {}))
+    return start_governor(c, honest_retry_after=not pinned)
+
+
 def last_call() -> ConfigureCall | None:
     """The last :func:`configure` call in this process: the sidecar and check-config run the
     hub's config file (whose drop-in calls configure()) and read what it did here."""
@@ -633,6 +649,8 @@ def _configure(c: Config, options: Mapping[str, Any]) -> Wiring | None:
     for name, value in options.items():
         c.HubResilience[name] = value
     apply_wiring(c, wiring)
+    if settings.admission_governor:
+        start_admission_governor(c)
     where = "in its own container" if settings.service_mode == "container" else "by the hub"
     print(
         "hub-resilience: configured "

@@ -184,6 +184,16 @@ class HubResilience(Configurable):
         None leaves JupyterHub's (30, 60).
         """,
     )
+    admission_governor = Bool(
+        True,
+        config=True,
+        help="""
+        Run the admission governor in the hub: it adjusts concurrent_spawn_limit live
+        (c.AdmissionGovernor.*) and, unless spawn_throttle_retry_range is set, the 429's
+        Retry-After from the expected wait for a free slot (docs/admission.md). False leaves
+        both exactly as configured.
+        """,
+    )
     log_level = CaselessStrEnum(
         list(LOG_LEVELS), "INFO", config=True, help="Log level of the service process."
     )

@@ -17,6 +17,8 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from prometheus_client import REGISTRY
 
+from hub_resilience.hub.k8s_requests import K8sRequestFailed
+from hub_resilience.hub.metrics import K8sOperation, K8sRetryReason
 from hub_resilience.hub.spawner import SPAWN_ID_ANNOTATION, ResilientKubeSpawner, SpawnTiming
 from tests.test_spawn_failures import UNSCHEDULABLE_POD
 
@@ -232,3 +234,22 @@ async def test_a_refused_profile_makes_no_api_call(make_spawner) -> None:
         "Cannot start this server: profile 'broken', container 'bare'" in raised.value.log_message
     )
     assert outcome_count("qos_refused", "broken") - before == 1
+
+
+async def test_capacity_failures_are_forgiven_by_the_failure_limit_api_failures_are_not(
+    spawner, monkeypatch
+) -> None:
+    """JupyterHub adds each failed spawn to its consecutive count after the spawner raised;
+    an unschedulable pod is taken off it first, an unreachable API server is not."""
+    settings = {"failure_count": 3}
+    monkeypatch.setattr("hub_resilience.hub.spawner.handler_settings", lambda: settings)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: UNSCHEDULABLE_POD)
+    spawner._spawn_failed(TimeoutError())
+    assert settings["failure_count"] == 2  # JupyterHub's +1 brings it back to 3
+
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: None)
+    unreachable = K8sRequestFailed(
+        K8sOperation.CREATE_POD, 4, 31.0, K8sRetryReason.CONNECTION_ERROR, OSError("refused"), 8
+    )
+    spawner._spawn_failed(unreachable)
+    assert settings["failure_count"] == 2  # counted: JupyterHub's +1 makes it 3

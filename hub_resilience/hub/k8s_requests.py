@@ -29,6 +29,7 @@ from hub_resilience.hub.metrics import (
     K8sOperation,
     K8sRetryReason,
 )
+from hub_resilience.hub.request_window import RECENT_K8S_REQUESTS
 
 T = TypeVar("T")
 
@@ -191,8 +192,10 @@ class K8sRequester:
                 raise
             except Exception as e:  # classified below; anything unknown is re-raised
                 error = e
-            K8S_API_REQUEST_SECONDS.labels(operation).observe(time.monotonic() - started)
-            K8S_API_REQUESTS.labels(operation, result_code(error)).inc()
+            seconds, code = time.monotonic() - started, result_code(error)
+            K8S_API_REQUEST_SECONDS.labels(operation).observe(seconds)
+            K8S_API_REQUESTS.labels(operation, code).inc()
+            RECENT_K8S_REQUESTS.add(seconds, throttled=code == "429")
             if error is None:
                 return result
             reason = retry_reason(error)

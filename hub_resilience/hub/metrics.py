@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hub_resilience.hub.admission_policy import AdmissionReason, AdmissionSignals
 from hub_resilience.hub.qos import QoSClass
 from hub_resilience.hub.spawn_phases import SpawnOutcome, SpawnPhase
 from hub_resilience.labels import LabelEnum
@@ -304,3 +305,124 @@ def register_hub_collectors(
     for collector in (SpawnOutcomeCollector(), UserPodQoSCollector(pods), WatchCollector(watches)):
         REGISTRY.register(collector)
         _registered.append(collector)
+
+
+# -- the admission governor ----------------------------------------------------------------
+
+ADMISSION_CHANGES = Counter(
+    f"{PREFIX}_admission_changes",
+    "Changes of the hub's concurrent spawn limit by the admission governor, by the reason it "
+    "acted on (all_well: raised; the others: lowered on that distress signal).",
+    ["reason"],
+)
+for _change in AdmissionReason:
+    if _change not in (AdmissionReason.START, AdmissionReason.HOLD):  # never a change
+        ADMISSION_CHANGES.labels(_change)
+
+
+class AdmissionSignal(LabelEnum):
+    """The signals of the governor's last decision (the ``signal`` label)."""
+
+    LOOP_LAG_SECONDS = "loop_lag_seconds"
+    K8S_LATENCY_P90_SECONDS = "k8s_latency_p90_seconds"
+    K8S_THROTTLED_RATIO = "k8s_throttled_ratio"
+    PENDING_SPAWNS = "pending_spawns"
+    WAITING_FOR_NODE = "waiting_for_node"
+    FAILED_RATIO = "failed_ratio"
+
+
+def signal_values(signals: AdmissionSignals) -> dict[AdmissionSignal, float]:
+    """What each ``signal`` series shows for one decision (ratios of 0 requests are 0)."""
+    return {
+        AdmissionSignal.LOOP_LAG_SECONDS: signals.loop_lag,
+        AdmissionSignal.K8S_LATENCY_P90_SECONDS: signals.k8s_latency or 0.0,
+        AdmissionSignal.K8S_THROTTLED_RATIO: signals.k8s_throttled / max(1, signals.k8s_requests),
+        AdmissionSignal.PENDING_SPAWNS: float(signals.pending),
+        AdmissionSignal.WAITING_FOR_NODE: float(signals.waiting_for_capacity),
+        AdmissionSignal.FAILED_RATIO: signals.failed / max(1, signals.finished),
+    }
+
+
+@dataclass
+class AdmissionStatus:
+    """What the governor last set, for its collector."""
+
+    limit: int
+    floor: int
+    ceiling: int
+    retry_range: tuple[int, int]
+    signals: dict[AdmissionSignal, float]
+
+
+_admission: list[AdmissionStatus] = []
+
+
+def record_admission(
+    *,
+    limit: int,
+    floor: int,
+    ceiling: int,
+    reason: AdmissionReason | None,
+    retry_range: tuple[int, int],
+    signals: AdmissionSignals | None,
+) -> None:
+    """The governor's latest decision; ``reason`` when it changed the limit."""
+    if reason is not None:
+        ADMISSION_CHANGES.labels(reason).inc()
+    values = signal_values(signals) if signals is not None else dict.fromkeys(AdmissionSignal, 0.0)
+    status = AdmissionStatus(limit, floor, ceiling, retry_range, values)
+    if _admission:
+        _admission[0] = status
+        return
+    _admission.append(status)
+    REGISTRY.register(AdmissionCollector())
+
+
+ADMISSION_GAUGES = {
+    "admission_limit": "The concurrent spawn limit the admission governor has set "
+    "(JupyterHub's concurrent_spawn_limit, changed live).",
+    "admission_limit_floor": "The lowest concurrent spawn limit the admission governor sets.",
+    "admission_limit_ceiling": "The highest concurrent spawn limit the admission governor sets.",
+    "admission_retry_after_low_seconds": "The shortest Retry-After the hub's 429 suggests now "
+    "(JupyterHub's spawn_throttle_retry_range, from the expected wait for a free slot).",
+    "admission_retry_after_high_seconds": "The longest Retry-After the hub's 429 suggests now.",
+}
+ADMISSION_SIGNAL_HELP = (
+    "The signals of the admission governor's last decision, measured in the hub over its "
+    "interval: worst event-loop lag, p90 Kubernetes API latency, share of API requests "
+    "answered 429, spawns pending, those waiting for a node, share of finished spawns failed."
+)
+
+
+class AdmissionCollector(Collector):
+    """The governor's gauges, registered when it first decides: a hub without the governor
+    exports none of them (only ``hub_resilience_admission_changes_total``, at 0)."""
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        gauges = [GaugeMetricFamily(f"{PREFIX}_{n}", text) for n, text in ADMISSION_GAUGES.items()]
+        return [*gauges, self._signal_family()]
+
+    @staticmethod
+    def _signal_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            f"{PREFIX}_admission_signal", ADMISSION_SIGNAL_HELP, labels=["signal"]
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not _admission:  # not registered before a decision; empty for the docs
+            yield from self.describe()
+            return
+        status = _admission[0]
+        values = (
+            status.limit,
+            status.floor,
+            status.ceiling,
+            status.retry_range[0],
+            status.retry_range[1],
+        )
+        for (name, text), value in zip(ADMISSION_GAUGES.items(), values, strict=True):
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
+        signal = self._signal_family()
+        for key, reading in status.signals.items():
+            signal.add_metric([str(key)], reading)
+        yield signal

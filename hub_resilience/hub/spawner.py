@@ -30,6 +30,7 @@ from traitlets import Bunch, CaselessStrEnum, Float, Integer, TraitError, valida
 
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hub import activity, qos, spawn_failures, spawn_phases
+from hub_resilience.hub.failure_limit import counts_toward_failure_limit, forgive_failure
 from hub_resilience.hub.k8s_requests import K8sRequester
 from hub_resilience.hub.metrics import (
     NO_PROFILE,
@@ -43,6 +44,7 @@ from hub_resilience.hub.metrics import (
     WatchStatus,
     register_hub_collectors,
 )
+from hub_resilience.hub.running_hub import handler_settings
 from hub_resilience.hub.spawn_failures import WatchDown
 from hub_resilience.hub.watches import (
     ResilientEventReflector,
@@ -605,6 +607,10 @@ class ResilientKubeSpawner(KubeSpawner):
         )
         self._record_outcome(failure.outcome)
         self._phases = []
+        if not counts_toward_failure_limit(failure.outcome):
+            settings = handler_settings()
+            if settings is not None:
+                forgive_failure(settings)
         if isinstance(error, qos.QoSError):
             return web.HTTPError(500, f"Cannot start this server: {error}")
         if failure.message is None:

@@ -1,0 +1,352 @@
+"""The admission governor: the hub's concurrent spawn limit and its Retry-After, live.
+
+Why: a static ``concurrent_spawn_limit`` is either too low (users wait behind idle capacity)
+or too high (the hub's loop stalls, the API server throttles, spawns time out), and the 429
+says "try again in 30-60 s" whatever the wait really is. The decisions are pure
+(:mod:`hub_resilience.hub.admission_policy`); this adapter samples the hub, writes the two
+settings JupyterHub's handlers read on every request, logs each change once and exports the
+metrics. docs/admission.md says how it decides and when to switch it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from traitlets import Bunch, Float, Integer, TraitError, validate
+from traitlets.config import LoggingConfigurable
+
+from hub_resilience.hub.admission_policy import (
+    AdmissionDecision,
+    AdmissionSettings,
+    AdmissionSignals,
+    AdmissionState,
+    expected_slot_wait,
+    initial_state,
+    next_state,
+    retry_after_range,
+)
+from hub_resilience.hub.request_window import RECENT_K8S_REQUESTS, RequestWindow
+from hub_resilience.hub.running_hub import handler_settings
+
+#: The settings JupyterHub's handlers read on every spawn request.
+LIMIT_SETTING = "concurrent_spawn_limit"
+RETRY_RANGE_SETTING = "spawn_throttle_retry_range"
+
+#: How often the loop probe wakes up to measure the hub's event-loop lag (s).
+PROBE_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class PendingSpawn:
+    """One spawn the hub counts against its limit, as the governor saw it."""
+
+    key: int  # id() of the spawner: stable while the hub holds it
+    started: float  # Unix time the hub began the spawn
+    waiting_for_node: bool
+    spawner: Any
+
+
+class SpawnTracker:
+    """Which spawns were pending at the last look, so the next one learns which finished,
+    how long they took (the slot they held) and whether they failed."""
+
+    def __init__(self, history: int = 200) -> None:
+        self._pending: dict[int, PendingSpawn] = {}
+        self.durations: deque[float] = deque(maxlen=history)
+
+    def update(self, pending: Iterable[PendingSpawn], now: float) -> tuple[int, int]:
+        """Take a new look; returns (finished, failed) since the last one."""
+        current = {spawn.key: spawn for spawn in pending}
+        finished = failed = 0
+        for key, spawn in self._pending.items():
+            if key in current:
+                continue
+            finished += 1
+            self.durations.append(max(0.0, now - spawn.started))
+            if not getattr(spawn.spawner, "ready", False):
+                failed += 1
+        self._pending = current
+        return finished, failed
+
+
+def pending_spawns(users: Iterable[Any]) -> Iterator[PendingSpawn]:
+    """The spawns JupyterHub counts against concurrent_spawn_limit (pending spawn or proxy),
+    from the hub's users (as ``UserDict.count_active_users`` counts them)."""
+    for user in users:
+        for spawner in user.spawners.values():
+            if spawner.pending not in ("spawn", "proxy"):
+                continue
+            started = getattr(getattr(spawner, "orm_spawner", None), "started", None)
+            yield PendingSpawn(
+                key=id(spawner),
+                started=started.timestamp() if started is not None else time.time(),
+                waiting_for_node=bool(getattr(spawner, "waiting_for_node", False)),
+                spawner=spawner,
+            )
+
+
+class LoopLagProbe:
+    """The worst lag of the hub's event loop since the last drain: how late a short sleep
+    wakes up. JupyterHub measures the same for its own metric; the governor needs the worst
+    of the last few seconds, not a histogram since start."""
+
+    def __init__(self, interval: float = PROBE_INTERVAL) -> None:
+        self.interval = interval
+        self._worst = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            self._worst = max(self._worst, loop.time() - before - self.interval)
+
+    def drain(self) -> float:
+        worst, self._worst = self._worst, 0.0
+        return max(0.0, worst)
+
+
+class AdmissionGovernor(LoggingConfigurable):
+    """Adjusts ``concurrent_spawn_limit`` between a floor and a ceiling from what the hub
+    measures, and ``spawn_throttle_retry_range`` from the expected wait for a free slot."""
+
+    interval = Float(2.0, config=True, help="Seconds between two decisions of the governor.")
+    floor = Integer(8, config=True, help="The lowest concurrent spawn limit it sets (>= 1).")
+    ceiling = Integer(
+        200,
+        config=True,
+        help="""
+        The highest concurrent spawn limit it sets. It starts at the configured
+        JupyterHub.concurrent_spawn_limit (the ceiling when that is 0, unlimited), kept within
+        [floor, ceiling].
+        """,
+    )
+    increase = Integer(4, config=True, help="Spawns added to the limit after calm intervals.")
+    decrease = Float(0.7, config=True, help="Factor the limit is multiplied by on distress.")
+    calm_intervals = Integer(
+        2, config=True, help="Calm intervals in a row before the limit may rise (hysteresis)."
+    )
+    cooldown_intervals = Integer(
+        2, config=True, help="Intervals after a decrease during which it does not decrease again."
+    )
+    loop_lag_threshold = Float(
+        0.25, config=True, help="Hub event-loop lag (s) above which the hub is in distress."
+    )
+    k8s_latency_threshold = Float(
+        2.0, config=True, help="p90 Kubernetes API latency (s) above which the API is in distress."
+    )
+    k8s_throttled_threshold = Float(
+        0.1, config=True, help="Share of Kubernetes API requests answered 429 that is distress."
+    )
+    capacity_wait_threshold = Float(
+        0.5,
+        config=True,
+        help="Share of pending spawns waiting for a node (scheduling, scale-up) that is distress.",
+    )
+    failure_threshold = Float(
+        0.5, config=True, help="Share of finished spawns that failed that is distress."
+    )
+    retry_after_min = Float(
+        5.0, config=True, help="The shortest Retry-After (s) the hub's 429 suggests."
+    )
+    retry_after_max = Float(
+        600.0, config=True, help="The longest Retry-After (s) the hub's 429 suggests."
+    )
+
+    @validate("interval")
+    def _positive_interval(self, proposal: Bunch) -> float:
+        if not (math.isfinite(proposal.value) and proposal.value > 0):
+            raise TraitError(f"AdmissionGovernor.interval must be > 0 s, got {proposal.value!r}")
+        return proposal.value
+
+    #: Whether it sets the 429's Retry-After (False when spawn_throttle_retry_range is set).
+    honest_retry_after = True
+
+    def policy_settings(self, configured_limit: int = 0) -> AdmissionSettings:
+        """The policy's settings, starting from ``configured_limit`` (0: no limit; a limit
+        below the floor lowers the floor to it); a ValueError names the bad option."""
+        start = configured_limit if configured_limit > 0 else self.ceiling
+        try:
+            if self.ceiling < self.floor:
+                raise ValueError(f"ceiling={self.ceiling} must be >= floor ({self.floor})")
+            settings = AdmissionSettings(
+                floor=min(self.floor, start),
+                ceiling=self.ceiling,
+                start=start,
+                increase=self.increase,
+                decrease=self.decrease,
+                calm_intervals=self.calm_intervals,
+                cooldown_intervals=self.cooldown_intervals,
+                loop_lag_threshold=self.loop_lag_threshold,
+                k8s_latency_threshold=self.k8s_latency_threshold,
+                k8s_throttled_threshold=self.k8s_throttled_threshold,
+                capacity_wait_threshold=self.capacity_wait_threshold,
+                failure_threshold=self.failure_threshold,
+            )
+            retry_after_range(0.0, low=self.retry_after_min, high=self.retry_after_max)
+        except ValueError as e:
+            raise ValueError(f"AdmissionGovernor: {e}") from None
+        return settings
+
+    async def run(self, users: Any, requests: RequestWindow = RECENT_K8S_REQUESTS) -> None:
+        """Govern until cancelled: ``users`` is the hub's UserDict."""
+        settings = await wait_for_handler_settings()
+        configured = settings.get(LIMIT_SETTING, 0) or 0
+        policy = self.policy_settings(configured)
+        state = initial_state(policy)
+        self.log.info(
+            "Admission governor: concurrent_spawn_limit %d (configured %s; floor %d, ceiling "
+            "%d), decided every %gs",
+            state.limit,
+            configured or "unlimited",
+            policy.floor,
+            policy.ceiling,
+            self.interval,
+        )
+        probe = LoopLagProbe()
+        probing = asyncio.ensure_future(probe.run())
+        tracker = SpawnTracker()
+        try:
+            self._apply(settings, state, None, tracker, [], time.time(), policy)
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    state = self._decide(settings, state, policy, users, requests, probe, tracker)
+                except Exception:  # a bug here must not end the governor: try next time
+                    self.log.exception(
+                        "Admission governor: a decision failed; the limit stays %d", state.limit
+                    )
+        finally:
+            probing.cancel()
+
+    def _decide(
+        self,
+        settings: MutableMapping[str, Any],
+        state: AdmissionState,
+        policy: AdmissionSettings,
+        users: Any,
+        requests: RequestWindow,
+        probe: LoopLagProbe,
+        tracker: SpawnTracker,
+    ) -> AdmissionState:
+        """One look at the hub and one decision; the new state."""
+        now = time.time()
+        pending = list(pending_spawns(users.values()))
+        finished, failed = tracker.update(pending, now)
+        k8s = requests.drain()
+        signals = AdmissionSignals(
+            loop_lag=probe.drain(),
+            k8s_latency=k8s.p90_seconds,
+            k8s_requests=k8s.requests,
+            k8s_throttled=k8s.throttled,
+            pending=len(pending),
+            waiting_for_capacity=sum(p.waiting_for_node for p in pending),
+            finished=finished,
+            failed=failed,
+        )
+        decision = next_state(state, signals, policy)
+        if decision.changed:
+            self.log.info(
+                "Admission governor: concurrent_spawn_limit %d -> %d (%s: %s)",
+                state.limit,
+                decision.state.limit,
+                decision.reason,
+                describe(signals),
+            )
+        self._apply(settings, decision.state, decision, tracker, pending, now, policy, signals)
+        return decision.state
+
+    def _apply(
+        self,
+        settings: MutableMapping[str, Any],
+        state: AdmissionState,
+        decision: AdmissionDecision | None,
+        tracker: SpawnTracker,
+        pending: list[PendingSpawn],
+        now: float,
+        policy: AdmissionSettings,
+        signals: AdmissionSignals | None = None,
+    ) -> None:
+        wait = expected_slot_wait(
+            [now - p.started for p in pending], list(tracker.durations), default=30.0
+        )
+        retry_range = retry_after_range(wait, low=self.retry_after_min, high=self.retry_after_max)
+        from hub_resilience.hub.metrics import record_admission  # only in the hub process
+
+        settings[LIMIT_SETTING] = state.limit
+        if self.honest_retry_after:
+            settings[RETRY_RANGE_SETTING] = retry_range
+        else:
+            retry_range = tuple(settings[RETRY_RANGE_SETTING])
+        record_admission(
+            limit=state.limit,
+            floor=policy.floor,
+            ceiling=policy.ceiling,
+            reason=None if decision is None or not decision.changed else decision.reason,
+            retry_range=retry_range,
+            signals=signals,
+        )
+
+
+def describe(signals: AdmissionSignals) -> str:
+    """The signals of one decision, for its log line."""
+    latency = "none" if signals.k8s_latency is None else f"{signals.k8s_latency:.2f}s"
+    return (
+        f"loop lag {signals.loop_lag:.2f}s, Kubernetes API p90 {latency} with "
+        f"{signals.k8s_throttled}/{signals.k8s_requests} throttled, {signals.pending} pending "
+        f"({signals.waiting_for_capacity} waiting for a node), {signals.failed}/"
+        f"{signals.finished} finished spawns failed"
+    )
+
+
+async def wait_for_handler_settings(poll: float = 0.5) -> MutableMapping[str, Any]:
+    """The hub's handler settings, once its tornado application exists."""
+    while True:
+        settings = handler_settings()
+        if settings is not None:
+            return settings
+        await asyncio.sleep(poll)
+
+
+_running: list[asyncio.Future] = []
+
+
+def start_governor(config: Any, *, honest_retry_after: bool = True) -> bool:
+    """Start the governor in the running hub's event loop (configure() calls this while the
+    hub loads its config, inside that loop); False, and nothing started, outside a hub (the
+    sidecar and check-config load the same config) or when it runs already."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    hub_module = sys.modules.get("jupyterhub.app")
+    if hub_module is None or not hub_module.JupyterHub.initialized() or _running:
+        return False
+    app = hub_module.JupyterHub.instance()
+
+    def begin() -> None:
+        # The hub's final config: hub.config values may follow the configure() call.
+        governor = AdmissionGovernor(parent=app)
+        governor.honest_retry_after = honest_retry_after
+        task = asyncio.ensure_future(governor.run(app.users))
+        task.add_done_callback(_report_end)
+        _running.append(task)
+
+    loop.call_soon(begin)
+    return True
+
+
+def _report_end(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        from jupyterhub.app import JupyterHub
+
+        JupyterHub.instance().log.error(
+            "Admission governor stopped: %s; the hub keeps its last limit", task.exception()
+        )

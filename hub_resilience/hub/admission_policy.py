@@ -1,0 +1,388 @@
+"""A live ``concurrent_spawn_limit``: AIMD between a floor and a ceiling, and an honest
+Retry-After for the 429 the hub sends when the limit is reached.
+
+Why: JupyterHub's limit is a constant (z2jh: 64). Too low, and a burst of users queues
+behind an idle cluster; too high, and the hub's event loop, the Kubernetes API or the
+autoscaler drowns. The admission governor in the hub calls :func:`next_state` once per
+control interval with what it measured; everything here is pure arithmetic, so the policy
+can be replayed and tested exhaustively. Time is always passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeGuard
+
+from hub_resilience.labels import LabelEnum
+
+#: Tolerance for float products meant to be whole (``0.7 * 90`` is ``62.99999999999999``).
+_EPSILON = 1e-9
+#: A spawn that has outlived every recent spawn is expected to end within this share of its age.
+_OVERDUE_SHARE = 0.25
+_OVERDUE_MIN = 1.0
+#: Failure shares from fewer finished spawns are noise.
+_MIN_FINISHED = 3
+
+
+class AdmissionReason(LabelEnum):
+    """Why the limit moved (or did not); values are metric label values, fixed set."""
+
+    START = "start"  # initial limit
+    ALL_WELL = "all_well"  # additive increase
+    LOOP_STALLED = "loop_stalled"  # hub event loop lag above threshold
+    K8S_SLOW = "k8s_slow"  # Kubernetes API latency above threshold
+    K8S_THROTTLED = "k8s_throttled"  # share of Kubernetes API requests answered 429 too high
+    CAPACITY_WAIT = "capacity_wait"  # many admitted spawns are waiting for a node
+    FAILURES = "failures"  # share of finished spawns that failed above threshold
+    HOLD = "hold"  # no change: not calm long enough, limit not binding, or cooling down
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return _is_int(value) and value >= 0
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object) -> TypeGuard[float]:
+    return _is_number(value) and math.isfinite(value) and value >= 0
+
+
+def _check(owner: object, checks: dict[str, tuple[bool, str]]) -> None:
+    for name, (ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(
+                f"{type(owner).__name__}.{name}={getattr(owner, name)!r} is out of range "
+                f"({allowed})"
+            )
+
+
+@dataclass(frozen=True)
+class AdmissionSignals:
+    """What the hub measured over the last control interval."""
+
+    loop_lag: float
+    """Seconds: worst hub event-loop lag seen in the interval."""
+    k8s_latency: float | None
+    """Seconds: p90 Kubernetes API request latency in the interval; None without requests."""
+    k8s_requests: int
+    """Kubernetes API requests finished in the interval."""
+    k8s_throttled: int
+    """Of those, answered 429."""
+    pending: int
+    """Spawns pending right now (admitted, not yet ready)."""
+    waiting_for_capacity: int
+    """Of those, pods waiting to be scheduled (no node yet / scale-up)."""
+    finished: int
+    """Spawns that finished (ready or failed) in the interval."""
+    failed: int
+    """Of those, failed."""
+
+    def __post_init__(self) -> None:
+        # Checked in order, so a bad total is reported before the part that exceeds it.
+        requests_ok = _is_count(self.k8s_requests)
+        pending_ok = _is_count(self.pending)
+        finished_ok = _is_count(self.finished)
+        _check(
+            self,
+            {
+                "loop_lag": (_is_seconds(self.loop_lag), "finite seconds >= 0"),
+                "k8s_latency": (
+                    self.k8s_latency is None or _is_seconds(self.k8s_latency),
+                    "None or finite seconds >= 0",
+                ),
+                "k8s_requests": (requests_ok, "whole number >= 0"),
+                "k8s_throttled": (
+                    _is_count(self.k8s_throttled) and self.k8s_throttled <= self.k8s_requests,
+                    "whole number, 0 <= k8s_throttled <= k8s_requests",
+                ),
+                "pending": (pending_ok, "whole number >= 0"),
+                "waiting_for_capacity": (
+                    _is_count(self.waiting_for_capacity)
+                    and self.waiting_for_capacity <= self.pending,
+                    "whole number, 0 <= waiting_for_capacity <= pending",
+                ),
+                "finished": (finished_ok, "whole number >= 0"),
+                "failed": (
+                    _is_count(self.failed) and self.failed <= self.finished,
+                    "whole number, 0 <= failed <= finished",
+                ),
+            },
+        )
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """Bounds, steps and distress thresholds of the governor (z2jh's 64 as the start)."""
+
+    floor: int = 8
+    """Never below this limit (>= 1)."""
+    ceiling: int = 200
+    """Never above this limit (>= floor)."""
+    start: int = 64
+    """Initial limit (>= 1), clamped into [floor, ceiling]."""
+    increase: int = 4
+    """Additive step (>= 1)."""
+    decrease: float = 0.7
+    """Multiplicative factor on distress, in (0, 1)."""
+    calm_intervals: int = 2
+    """Consecutive calm intervals needed before an increase (hysteresis, >= 1)."""
+    cooldown_intervals: int = 2
+    """After a decrease, this many intervals with no further decrease (>= 0)."""
+    binding_share: float = 0.8
+    """Increase only if pending >= binding_share * limit, in (0, 1]: only raise a limit that
+    actually holds users back, or it drifts to the ceiling while nobody tests it."""
+    loop_lag_threshold: float = 0.25
+    """Seconds of hub event-loop lag above which the hub is stalled (> 0)."""
+    k8s_latency_threshold: float = 2.0
+    """Seconds of p90 Kubernetes API latency above which the API server is slow (> 0)."""
+    k8s_throttled_threshold: float = 0.1
+    """Share of Kubernetes API requests answered 429 above which it is throttling, in [0, 1]."""
+    capacity_wait_threshold: float = 0.5
+    """Share of pending spawns waiting for a node above which admitting more only lengthens
+    the queue, in [0, 1]; considered only when pending >= floor."""
+    failure_threshold: float = 0.5
+    """Share of finished spawns that failed above which spawning is in trouble, in [0, 1];
+    considered only when at least 3 spawns finished."""
+
+    def __post_init__(self) -> None:
+        def whole(value: object, least: int) -> bool:
+            return _is_int(value) and value >= least
+
+        def share(value: object, *, open_low: bool = False) -> bool:
+            if not _is_number(value):
+                return False
+            return (0 < value if open_low else 0 <= value) and value <= 1
+
+        def positive_seconds(value: object) -> bool:
+            return _is_seconds(value) and value > 0
+
+        floor_ok = whole(self.floor, 1)
+        _check(
+            self,
+            {
+                "floor": (floor_ok, "whole number >= 1"),
+                "ceiling": (whole(self.ceiling, self.floor), "whole number >= floor"),
+                "start": (whole(self.start, 1), "whole number >= 1"),
+                "increase": (whole(self.increase, 1), "whole number >= 1"),
+                "decrease": (
+                    _is_number(self.decrease) and 0 < self.decrease < 1,
+                    "0 < decrease < 1",
+                ),
+                "calm_intervals": (whole(self.calm_intervals, 1), "whole number >= 1"),
+                "cooldown_intervals": (whole(self.cooldown_intervals, 0), "whole number >= 0"),
+                "binding_share": (share(self.binding_share, open_low=True), "0 < share <= 1"),
+                "loop_lag_threshold": (
+                    positive_seconds(self.loop_lag_threshold),
+                    "finite seconds > 0",
+                ),
+                "k8s_latency_threshold": (
+                    positive_seconds(self.k8s_latency_threshold),
+                    "finite seconds > 0",
+                ),
+                "k8s_throttled_threshold": (
+                    share(self.k8s_throttled_threshold),
+                    "0 <= share <= 1",
+                ),
+                "capacity_wait_threshold": (
+                    share(self.capacity_wait_threshold),
+                    "0 <= share <= 1",
+                ),
+                "failure_threshold": (share(self.failure_threshold), "0 <= share <= 1"),
+            },
+        )
+
+    def clamp(self, limit: int) -> int:
+        """``limit`` moved into [floor, ceiling]."""
+        return max(self.floor, min(self.ceiling, limit))
+
+
+@dataclass(frozen=True)
+class AdmissionState:
+    """What the governor carries from one control interval to the next."""
+
+    limit: int
+    """The effective concurrent_spawn_limit."""
+    calm: int = 0
+    """Consecutive calm intervals so far."""
+    cooldown: int = 0
+    """Intervals left before another decrease is allowed."""
+
+    def __post_init__(self) -> None:
+        # An out-of-range limit is allowed (settings may have changed); next_state clamps it.
+        _check(
+            self,
+            {
+                "limit": (_is_int(self.limit), "whole number"),
+                "calm": (_is_count(self.calm), "whole number >= 0"),
+                "cooldown": (_is_count(self.cooldown), "whole number >= 0"),
+            },
+        )
+
+
+@dataclass(frozen=True)
+class AdmissionDecision:
+    """The outcome of one control interval."""
+
+    state: AdmissionState
+    """The next state; its ``limit`` is the new limit."""
+    reason: AdmissionReason
+    changed: bool
+    """``state.limit`` differs from the limit of the state passed in (clamping included)."""
+
+
+def initial_state(settings: AdmissionSettings) -> AdmissionState:
+    """The state before the first interval: ``start`` clamped into [floor, ceiling]."""
+    return AdmissionState(limit=settings.clamp(settings.start))
+
+
+def distress(signals: AdmissionSignals, settings: AdmissionSettings) -> AdmissionReason | None:
+    """The first distress signal found, in this priority order: LOOP_STALLED, K8S_THROTTLED,
+    K8S_SLOW, FAILURES, CAPACITY_WAIT; None when calm.
+
+    The order puts the hub's own health first and the slowest-moving cause (waiting for
+    nodes) last. "Above" is strict: a share exactly at its threshold is calm.
+    """
+    s = signals
+    if s.loop_lag > settings.loop_lag_threshold:
+        return AdmissionReason.LOOP_STALLED
+    if s.k8s_requests > 0 and s.k8s_throttled / s.k8s_requests > settings.k8s_throttled_threshold:
+        return AdmissionReason.K8S_THROTTLED
+    if s.k8s_latency is not None and s.k8s_latency > settings.k8s_latency_threshold:
+        return AdmissionReason.K8S_SLOW
+    if s.finished >= _MIN_FINISHED and s.failed / s.finished > settings.failure_threshold:
+        return AdmissionReason.FAILURES
+    if (
+        s.pending >= settings.floor
+        and s.waiting_for_capacity / s.pending > settings.capacity_wait_threshold
+    ):
+        return AdmissionReason.CAPACITY_WAIT
+    return None
+
+
+def _decreased(limit: int, settings: AdmissionSettings) -> int:
+    lowered = math.floor(limit * settings.decrease + _EPSILON)
+    if lowered >= limit:
+        # Only a factor within _EPSILON of 1 gets here; a decrease must still decrease.
+        lowered = limit - 1
+    return max(settings.floor, lowered)
+
+
+def next_state(
+    state: AdmissionState, signals: AdmissionSignals, settings: AdmissionSettings
+) -> AdmissionDecision:
+    """The state after one control interval with ``signals``.
+
+    Distress cuts the limit by ``decrease`` (at least by 1, never below the floor) unless a
+    previous cut is still cooling down, so one episode is not punished once per interval
+    before the last cut has had an effect. Calm raises it by ``increase`` only after
+    ``calm_intervals`` calm intervals in a row and only while pending spawns fill
+    ``binding_share`` of it.
+    """
+    previous = state.limit
+    limit = settings.clamp(previous)
+    reason = distress(signals, settings)
+    if reason is not None:
+        if state.cooldown > 0:
+            nxt = AdmissionState(limit=limit, calm=0, cooldown=state.cooldown - 1)
+        else:
+            nxt = AdmissionState(
+                limit=_decreased(limit, settings), calm=0, cooldown=settings.cooldown_intervals
+            )
+        return AdmissionDecision(nxt, reason, nxt.limit != previous)
+    calm = state.calm + 1
+    cooldown = max(0, state.cooldown - 1)
+    binding = signals.pending + _EPSILON >= settings.binding_share * limit
+    if calm >= settings.calm_intervals and binding and limit < settings.ceiling:
+        nxt = AdmissionState(
+            limit=min(settings.ceiling, limit + settings.increase), calm=0, cooldown=cooldown
+        )
+        return AdmissionDecision(nxt, AdmissionReason.ALL_WELL, True)
+    nxt = AdmissionState(limit=limit, calm=calm, cooldown=cooldown)
+    return AdmissionDecision(nxt, AdmissionReason.HOLD, nxt.limit != previous)
+
+
+def _check_seconds(name: str, values: Sequence[float]) -> None:
+    for value in values:
+        if not _is_seconds(value):
+            raise ValueError(f"{name} must be finite seconds >= 0, got {value!r}")
+
+
+def expected_slot_wait(
+    pending_ages: Sequence[float], recent_durations: Sequence[float], *, default: float = 30.0
+) -> float:
+    """Seconds until the first admitted spawn is expected to finish, freeing a slot.
+
+    ``pending_ages``: how long each pending spawn has been running; ``recent_durations``: how
+    long recently finished spawns took (ready or failed), scale-up waits included. A spawn
+    of age ``a`` is one of the slow ones, so its remaining time is the median of the recent
+    durations longer than ``a``, minus ``a``; one that has outlived them all is overdue and
+    expected in ``max(a * 0.25, 1.0)``. The answer is the minimum over pending spawns: 0.0
+    with none pending, ``default`` with no history. ValueError for negative or non-finite
+    values.
+    """
+    _check_seconds("pending_ages", pending_ages)
+    _check_seconds("recent_durations", recent_durations)
+    if not _is_seconds(default):
+        raise ValueError(f"default must be finite seconds >= 0, got {default!r}")
+    if not pending_ages:
+        return 0.0
+    if not recent_durations:
+        return float(default)
+    durations = sorted(recent_durations)
+    best = math.inf
+    for age in pending_ages:
+        longer = [d for d in durations if d > age]
+        if longer:
+            remaining = statistics.median(longer) - age
+        else:
+            remaining = max(age * _OVERDUE_SHARE, _OVERDUE_MIN)
+        best = min(best, remaining)
+    return float(best)
+
+
+def _round(value: float) -> int:
+    # Half up, not Python's half-to-even, so 2.5 s is 3 s like everyone expects.
+    return math.floor(value + 0.5)
+
+
+def retry_after_range(
+    wait: float, *, low: float = 5.0, high: float = 600.0, spread: float = 0.25
+) -> tuple[int, int]:
+    """JupyterHub's ``spawn_throttle_retry_range`` centred on ``wait``.
+
+    ``(wait * (1 - spread), wait * (1 + spread))`` rounded to whole seconds, clamped into
+    [low, high] and at least one second wide, so the ``int(random.uniform(lo, hi))`` the
+    hub sends as Retry-After is within ``spread`` of the wait unless a bound intervened.
+    ValueError for a negative or non-finite wait, low < 1, high <= low (or no whole-second
+    range between them) and a spread outside (0, 1).
+    """
+    if not _is_seconds(wait):
+        raise ValueError(f"wait must be finite seconds >= 0, got {wait!r}")
+    if not (_is_number(low) and math.isfinite(low) and low >= 1):
+        raise ValueError(f"low must be finite seconds >= 1, got {low!r}")
+    if not (_is_number(high) and math.isfinite(high) and high > low):
+        raise ValueError(f"high must be finite seconds > low ({low!r}), got {high!r}")
+    if not (_is_number(spread) and 0 < spread < 1):
+        raise ValueError(f"spread must be between 0 and 1 (exclusive), got {spread!r}")
+    bottom, top = math.ceil(low), math.floor(high)
+    if top < bottom + 1:
+        raise ValueError(
+            f"high must leave at least one whole second above low, got low={low!r}, high={high!r}"
+        )
+    lo = max(bottom, min(top, _round(wait * (1 - spread))))
+    hi = max(bottom, min(top, _round(wait * (1 + spread))))
+    if hi < lo + 1:
+        if lo + 1 <= top:
+            hi = lo + 1
+        else:
+            lo, hi = top - 1, top
+    return lo, hi

@@ -1,0 +1,132 @@
+"""The governor's thin parts, without a hub: what it reads from the hub's users, how it
+learns which spawns finished, the request window, its settings and where it starts.
+
+The real hub is in tests/test_admission_hub.py; the policy in tests/test_admission_policy.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from hub_resilience import configure
+from hub_resilience.hub.admission import (
+    AdmissionGovernor,
+    PendingSpawn,
+    SpawnTracker,
+    pending_spawns,
+    start_governor,
+)
+from hub_resilience.hub.failure_limit import counts_toward_failure_limit, forgive_failure
+from hub_resilience.hub.request_window import RequestWindow, p90
+from hub_resilience.hub.spawn_phases import SpawnOutcome
+from hub_resilience.settings import ConfigurationError
+
+
+@dataclass
+class FakeSpawner:
+    pending: str | None
+    started: datetime | None = None
+    ready: bool = False
+    waiting_for_node: bool = False
+    orm_spawner: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.orm_spawner = SimpleNamespace(started=self.started)
+
+
+def user(*spawners: FakeSpawner) -> Any:
+    return SimpleNamespace(spawners={str(i): s for i, s in enumerate(spawners)})
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def test_pending_spawns_are_the_ones_jupyterhub_counts_against_its_limit() -> None:
+    spawning = FakeSpawner("spawn", at(100), waiting_for_node=True)
+    proxying = FakeSpawner("proxy", at(90))
+    stopping = FakeSpawner("stop", at(50))
+    running = FakeSpawner(None, at(10), ready=True)
+    found = list(pending_spawns([user(spawning, running), user(proxying, stopping)]))
+    assert [(p.spawner, p.started, p.waiting_for_node) for p in found] == [
+        (spawning, 100.0, True),
+        (proxying, 90.0, False),
+    ]
+
+
+def test_the_tracker_learns_which_spawns_finished_how_long_they_took_and_which_failed() -> None:
+    tracker = SpawnTracker()
+    ok, bad, slow = FakeSpawner("spawn"), FakeSpawner("spawn"), FakeSpawner("spawn")
+
+    def look(*spawners: FakeSpawner) -> list[PendingSpawn]:
+        starts = {id(ok): 0.0, id(bad): 5.0, id(slow): 10.0}
+        return [PendingSpawn(id(s), starts[id(s)], False, s) for s in spawners]
+
+    assert tracker.update(look(ok, bad, slow), now=12.0) == (0, 0)
+    ok.ready = True
+    assert tracker.update(look(slow), now=20.0) == (2, 1)  # ok ready, bad gone: failed
+    assert list(tracker.durations) == [20.0, 15.0]
+    slow.ready = True
+    assert tracker.update([], now=70.0) == (1, 0)
+    assert list(tracker.durations) == [20.0, 15.0, 60.0]
+
+
+def test_the_request_window_summarises_and_starts_again_bounded() -> None:
+    window = RequestWindow(max_samples=3)
+    assert window.drain() == (window.drain())  # nothing: (0, 0, None) each time
+    assert window.drain().p90_seconds is None
+    for seconds, throttled in [(9.0, False), (0.1, True), (0.2, False), (0.3, True)]:
+        window.add(seconds, throttled)
+    summary = window.drain()
+    # Every request counted; the oldest latency (9 s) no longer among the 3 kept.
+    assert (summary.requests, summary.throttled, summary.p90_seconds) == (4, 2, 0.3)
+    assert window.drain().requests == 0
+    assert p90([float(i) for i in range(1, 11)]) == 9.0 and p90([]) is None
+
+
+def test_capacity_and_profile_failures_do_not_count_toward_the_limit() -> None:
+    counted = {o for o in SpawnOutcome if counts_toward_failure_limit(o)}
+    assert SpawnOutcome.UNSCHEDULABLE not in counted
+    assert SpawnOutcome.K8S_THROTTLED not in counted
+    assert SpawnOutcome.QOS_REFUSED not in counted
+    assert {SpawnOutcome.K8S_API_ERROR, SpawnOutcome.ERROR, SpawnOutcome.HTTP_TIMEOUT} <= counted
+    settings: dict[str, Any] = {}
+    forgive_failure(settings)  # before JupyterHub's first +1: it ends at 0
+    assert settings == {"failure_count": -1}
+
+
+def test_a_configured_limit_below_the_floor_lowers_the_floor_and_0_starts_at_the_ceiling() -> None:
+    governor = AdmissionGovernor()
+    low = governor.policy_settings(1)
+    assert (low.floor, low.start, low.ceiling) == (1, 1, 200)
+    unlimited = governor.policy_settings(0)
+    assert (unlimited.floor, unlimited.start) == (8, 200)
+
+
+def test_a_bad_governor_setting_is_refused_by_configure_naming_it() -> None:
+    c = Config()
+    c.JupyterHub.spawner_class = "simple"
+    c.AdmissionGovernor.ceiling = 4  # below the floor (8)
+    with pytest.raises(ConfigurationError, match="ceiling"):
+        configure(c, spawner_class=None, stopped_handler=False, cull=False)
+    c.AdmissionGovernor.ceiling = 200
+    c.AdmissionGovernor.retry_after_max = 2  # below retry_after_min (5)
+    with pytest.raises(ConfigurationError, match="high"):
+        configure(c, spawner_class=None, stopped_handler=False, cull=False)
+    with pytest.raises(ConfigurationError, match="interval"):
+        c.AdmissionGovernor.retry_after_max = 600
+        c.AdmissionGovernor.interval = 0
+        configure(c, spawner_class=None, stopped_handler=False, cull=False)
+
+
+async def test_outside_a_hub_nothing_is_started() -> None:
+    """The sidecar and check-config load the hub's config too: there is no hub to govern."""
+    assert start_governor(Config()) is False
+    assert await asyncio.to_thread(start_governor, Config()) is False  # no running loop

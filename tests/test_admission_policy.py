@@ -1,0 +1,481 @@
+"""The admission governor's AIMD policy and Retry-After estimate, interval by interval."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from hub_resilience.hub.admission_policy import (
+    AdmissionDecision,
+    AdmissionReason,
+    AdmissionSettings,
+    AdmissionSignals,
+    AdmissionState,
+    distress,
+    expected_slot_wait,
+    initial_state,
+    next_state,
+    retry_after_range,
+)
+
+R = AdmissionReason
+DEFAULTS = AdmissionSettings()
+
+
+def calm(pending: int = 0, **overrides: Any) -> AdmissionSignals:
+    """A quiet interval: fast loop, fast API, nothing failing, ``pending`` spawns in flight."""
+    fields: dict[str, Any] = dict(
+        loop_lag=0.01,
+        k8s_latency=0.1,
+        k8s_requests=100,
+        k8s_throttled=0,
+        pending=pending,
+        waiting_for_capacity=0,
+        finished=10,
+        failed=0,
+    )
+    fields.update(overrides)
+    return AdmissionSignals(**fields)
+
+
+def stall(pending: int = 0) -> AdmissionSignals:
+    return calm(pending, loop_lag=1.0)
+
+
+def throttled(pending: int = 0) -> AdmissionSignals:
+    return calm(pending, k8s_requests=100, k8s_throttled=30)
+
+
+def capacity_wait(pending: int = 20) -> AdmissionSignals:
+    return calm(pending, waiting_for_capacity=pending * 3 // 4)
+
+
+def run(
+    state: AdmissionState, signals: Iterable[AdmissionSignals], settings: AdmissionSettings
+) -> list[AdmissionDecision]:
+    decisions = []
+    for s in signals:
+        decision = next_state(state, s, settings)
+        decisions.append(decision)
+        state = decision.state
+    return decisions
+
+
+def binding_run(
+    state: AdmissionState, intervals: int, settings: AdmissionSettings
+) -> list[AdmissionDecision]:
+    """Calm intervals with every slot taken (pending == limit), as during a burst."""
+    decisions = []
+    for _ in range(intervals):
+        decision = next_state(state, calm(pending=state.limit), settings)
+        decisions.append(decision)
+        state = decision.state
+    return decisions
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"floor": 0}, "floor"),
+        ({"floor": 2.5}, "floor"),
+        ({"floor": 50, "ceiling": 40}, "ceiling"),
+        ({"start": 0}, "start"),
+        ({"increase": 0}, "increase"),
+        ({"decrease": 1.0}, "decrease"),
+        ({"decrease": 0.0}, "decrease"),
+        ({"decrease": math.nan}, "decrease"),
+        ({"calm_intervals": 0}, "calm_intervals"),
+        ({"cooldown_intervals": -1}, "cooldown_intervals"),
+        ({"binding_share": 0.0}, "binding_share"),
+        ({"binding_share": 1.5}, "binding_share"),
+        ({"loop_lag_threshold": 0.0}, "loop_lag_threshold"),
+        ({"k8s_latency_threshold": math.inf}, "k8s_latency_threshold"),
+        ({"k8s_throttled_threshold": -0.1}, "k8s_throttled_threshold"),
+        ({"capacity_wait_threshold": 1.1}, "capacity_wait_threshold"),
+        ({"failure_threshold": math.nan}, "failure_threshold"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"AdmissionSettings\.{field}=.*out of range"):
+        AdmissionSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"loop_lag": -0.1}, "loop_lag"),
+        ({"loop_lag": math.inf}, "loop_lag"),
+        ({"loop_lag": math.nan}, "loop_lag"),
+        ({"k8s_latency": -1.0}, "k8s_latency"),
+        ({"k8s_latency": math.inf}, "k8s_latency"),
+        ({"k8s_requests": -1}, "k8s_requests"),
+        ({"k8s_requests": 5, "k8s_throttled": 6}, "k8s_throttled"),
+        ({"pending": -1, "waiting_for_capacity": 0}, "pending"),
+        ({"pending": 3, "waiting_for_capacity": 4}, "waiting_for_capacity"),
+        ({"finished": -2}, "finished"),
+        ({"finished": 2, "failed": 3}, "failed"),
+        ({"failed": 1.0}, "failed"),
+        ({"pending": True}, "pending"),
+    ],
+)
+def test_bad_signals_name_the_field(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"AdmissionSignals\.{field}=.*out of range"):
+        calm(**overrides)
+
+
+def test_valid_edge_signals_are_accepted() -> None:
+    s = calm(loop_lag=0, k8s_latency=None, k8s_requests=0, finished=0, pending=0)
+    assert distress(s, DEFAULTS) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"limit": 10, "calm": -1}, "calm"), ({"limit": 10, "cooldown": -1}, "cooldown")],
+)
+def test_bad_state_names_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"AdmissionState\.{field}="):
+        AdmissionState(**kwargs)
+
+
+# --- start ----------------------------------------------------------------------------------
+
+
+def test_initial_state_is_the_start_clamped() -> None:
+    assert initial_state(DEFAULTS) == AdmissionState(limit=64, calm=0, cooldown=0)
+    assert initial_state(AdmissionSettings(floor=8, ceiling=50, start=64)).limit == 50
+    assert initial_state(AdmissionSettings(floor=16, ceiling=50, start=4)).limit == 16
+
+
+# --- increase -------------------------------------------------------------------------------
+
+
+def test_burst_on_idle_cluster_rises_every_calm_intervals_to_exactly_the_ceiling() -> None:
+    settings = AdmissionSettings(floor=8, ceiling=28, start=10, increase=4, calm_intervals=2)
+    decisions = binding_run(initial_state(settings), 16, settings)
+    assert [d.state.limit for d in decisions] == [
+        10, 14, 14, 18, 18, 22, 22, 26, 26, 28, 28, 28, 28, 28, 28, 28,
+    ]  # fmt: skip
+    assert [d.reason for d in decisions[:4]] == [R.HOLD, R.ALL_WELL, R.HOLD, R.ALL_WELL]
+    assert decisions[9].reason is R.ALL_WELL and decisions[9].changed
+    at_ceiling = decisions[10:]
+    assert all(d.reason is R.HOLD and not d.changed for d in at_ceiling)
+
+
+def test_calm_intervals_three_means_two_holds_between_steps() -> None:
+    settings = replace(DEFAULTS, calm_intervals=3)
+    decisions = binding_run(initial_state(settings), 6, settings)
+    assert [d.state.limit for d in decisions] == [64, 64, 68, 68, 68, 72]
+
+
+def test_not_binding_never_rises() -> None:
+    state = initial_state(DEFAULTS)  # 64; binding needs pending >= 51.2
+    decisions = run(state, [calm(pending=51)] * 20, DEFAULTS)
+    assert all(d.state.limit == 64 and d.reason is R.HOLD and not d.changed for d in decisions)
+    assert decisions[-1].state.calm == 20  # still counting: the first binding interval raises
+    assert next_state(decisions[-1].state, calm(pending=52), DEFAULTS).state.limit == 68
+
+
+def test_binding_share_at_exactly_the_product_counts_as_binding() -> None:
+    # 0.7 * 10 is 7.000000000000001 in floats; 7 pending spawns fill 70% of 10 slots.
+    settings = AdmissionSettings(floor=1, ceiling=100, start=10, binding_share=0.7)
+    state = AdmissionState(limit=10, calm=1)
+    assert next_state(state, calm(pending=7), settings).state.limit == 14
+    assert next_state(state, calm(pending=6), settings).state.limit == 10
+
+
+# --- decrease -------------------------------------------------------------------------------
+
+
+def test_loop_stall_cuts_then_cooldown_holds_then_cuts_again() -> None:
+    state = initial_state(DEFAULTS)
+    first = next_state(state, stall(pending=64), DEFAULTS)
+    assert first.state == AdmissionState(limit=44, calm=0, cooldown=2)  # floor(64 * 0.7)
+    assert first.reason is R.LOOP_STALLED and first.changed
+    held = run(first.state, [stall(pending=64)] * DEFAULTS.cooldown_intervals, DEFAULTS)
+    assert [(d.state.limit, d.state.cooldown) for d in held] == [(44, 1), (44, 0)]
+    assert all(d.reason is R.LOOP_STALLED and not d.changed for d in held)
+    again = next_state(held[-1].state, stall(pending=64), DEFAULTS)
+    assert again.state.limit == 30 and again.reason is R.LOOP_STALLED and again.changed
+
+
+def test_no_cooldown_cuts_every_interval() -> None:
+    settings = replace(DEFAULTS, cooldown_intervals=0)
+    decisions = run(initial_state(settings), [stall()] * 3, settings)
+    assert [d.state.limit for d in decisions] == [44, 30, 21]
+
+
+def test_decrease_floors_the_product_of_whole_numbers_exactly() -> None:
+    # 90 * 0.7 is 62.99999999999999 in floats; the cut must still be to 63.
+    state = AdmissionState(limit=90)
+    assert next_state(state, stall(), DEFAULTS).state.limit == 63
+
+
+def test_decrease_goes_down_by_at_least_one() -> None:
+    settings = AdmissionSettings(floor=1, ceiling=200, decrease=1 - 1e-12)
+    decision = next_state(AdmissionState(limit=100), stall(), settings)
+    assert decision.state.limit == 99 and decision.changed
+
+
+def test_k8s_throttled_share_above_threshold() -> None:
+    assert distress(calm(k8s_requests=100, k8s_throttled=11), DEFAULTS) is R.K8S_THROTTLED
+    assert distress(calm(k8s_requests=100, k8s_throttled=10), DEFAULTS) is None  # at, not above
+    assert distress(calm(k8s_requests=10, k8s_throttled=1), DEFAULTS) is None
+    decision = next_state(initial_state(DEFAULTS), throttled(), DEFAULTS)
+    assert (decision.state.limit, decision.reason) == (44, R.K8S_THROTTLED)
+
+
+def test_k8s_latency_above_threshold() -> None:
+    assert distress(calm(k8s_latency=2.5), DEFAULTS) is R.K8S_SLOW
+    assert distress(calm(k8s_latency=2.0), DEFAULTS) is None
+    assert distress(calm(k8s_latency=None, k8s_requests=0), DEFAULTS) is None
+    decision = next_state(initial_state(DEFAULTS), calm(k8s_latency=5.0), DEFAULTS)
+    assert (decision.state.limit, decision.reason) == (44, R.K8S_SLOW)
+
+
+def test_distress_priority_order() -> None:
+    everything = dict(
+        loop_lag=1.0,
+        k8s_latency=5.0,
+        k8s_requests=10,
+        k8s_throttled=5,
+        finished=10,
+        failed=9,
+        pending=20,
+        waiting_for_capacity=20,
+    )
+    order = [R.LOOP_STALLED, R.K8S_THROTTLED, R.K8S_SLOW, R.FAILURES, R.CAPACITY_WAIT]
+    cured = [
+        {"loop_lag": 0.0},
+        {"k8s_throttled": 0},
+        {"k8s_latency": 0.1},
+        {"failed": 0},
+        {"waiting_for_capacity": 0},
+    ]
+    fields = dict(everything)
+    for expected, cure in zip(order, cured, strict=True):
+        assert distress(AdmissionSignals(**fields), DEFAULTS) is expected
+        fields.update(cure)
+    assert distress(AdmissionSignals(**fields), DEFAULTS) is None
+
+
+def test_capacity_wait_cuts_to_the_floor_and_never_below() -> None:
+    settings = replace(DEFAULTS, start=100)
+    decisions = run(initial_state(settings), [capacity_wait(pending=20)] * 60, settings)
+    limits = [d.state.limit for d in decisions]
+    assert limits[:7] == [70, 70, 70, 49, 49, 49, 34]
+    assert min(limits) == settings.floor == limits[-1]
+    assert all(d.reason is R.CAPACITY_WAIT for d in decisions)
+    at_floor = [d for d in decisions if d.state.limit == settings.floor][1:]
+    assert at_floor and all(not d.changed for d in at_floor)
+
+
+def test_capacity_wait_needs_floor_pending_spawns() -> None:
+    assert distress(calm(pending=7, waiting_for_capacity=7), DEFAULTS) is None  # floor is 8
+    assert distress(calm(pending=8, waiting_for_capacity=5), DEFAULTS) is R.CAPACITY_WAIT
+    assert distress(calm(pending=8, waiting_for_capacity=4), DEFAULTS) is None  # half, not most
+
+
+def test_failures_count_only_with_three_finished() -> None:
+    assert distress(calm(finished=2, failed=2), DEFAULTS) is None
+    assert distress(calm(finished=3, failed=2), DEFAULTS) is R.FAILURES
+    assert distress(calm(finished=4, failed=2), DEFAULTS) is None  # at the threshold
+    assert distress(calm(finished=0, failed=0), DEFAULTS) is None
+
+
+def test_distress_at_the_floor_keeps_its_reason() -> None:
+    settings = replace(DEFAULTS, cooldown_intervals=0)
+    decision = next_state(AdmissionState(limit=8), stall(), settings)
+    assert decision.state.limit == 8 and not decision.changed
+    assert decision.reason is R.LOOP_STALLED
+
+
+# --- recovery and hysteresis ----------------------------------------------------------------
+
+
+def test_recovery_climbs_back_additively() -> None:
+    after_stall = next_state(initial_state(DEFAULTS), stall(pending=64), DEFAULTS).state
+    decisions = binding_run(after_stall, 8, DEFAULTS)
+    assert [d.state.limit for d in decisions] == [44, 48, 48, 52, 52, 56, 56, 60]
+    # Calm intervals also run the cooldown down.
+    assert [d.state.cooldown for d in decisions[:3]] == [1, 0, 0]
+
+
+def test_single_calm_interval_between_distress_never_raises() -> None:
+    settings = replace(DEFAULTS, cooldown_intervals=0, start=100)
+    state = initial_state(settings)
+    signals = [stall(pending=200), calm(pending=200)] * 10
+    decisions = run(state, signals, settings)
+    limits = [d.state.limit for d in decisions]
+    assert all(b <= a for a, b in zip([100, *limits[:-1]], limits, strict=True))
+    assert all(d.reason is R.HOLD for d in decisions[1::2])
+    assert all(d.state.calm == 1 for d in decisions[1::2])
+    assert all(d.state.calm == 0 for d in decisions[0::2])
+
+
+def test_increase_is_not_blocked_by_cooldown_but_needs_the_calm_run() -> None:
+    state = AdmissionState(limit=50, calm=1, cooldown=2)
+    decision = next_state(state, calm(pending=50), DEFAULTS)
+    assert decision.state == AdmissionState(limit=54, calm=0, cooldown=1)
+    assert decision.reason is R.ALL_WELL and decision.changed
+
+
+# --- out-of-range state ---------------------------------------------------------------------
+
+
+def test_out_of_range_state_is_clamped() -> None:
+    above = next_state(AdmissionState(limit=500), calm(), DEFAULTS)
+    assert above.state.limit == 200 and above.changed and above.reason is R.HOLD
+    below = next_state(AdmissionState(limit=2), calm(), DEFAULTS)
+    assert below.state.limit == 8 and below.changed
+    below_cut = next_state(AdmissionState(limit=2), stall(), DEFAULTS)
+    assert below_cut.state.limit == 8 and below_cut.reason is R.LOOP_STALLED
+    assert below_cut.changed  # 2 -> 8: the adapter must apply it
+
+
+def test_limit_always_within_bounds_over_a_sweep() -> None:
+    settings = AdmissionSettings(floor=5, ceiling=40, start=20, increase=7, cooldown_intervals=1)
+    kinds = [calm(pending=40), stall(), throttled(), capacity_wait(), calm(pending=3)]
+    for sequence in itertools.product(kinds, repeat=5):
+        for start in (1, 20, 999):
+            for d in run(AdmissionState(limit=start), sequence, settings):
+                assert settings.floor <= d.state.limit <= settings.ceiling
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def test_replay_of_a_recorded_burst_stall_and_recovery() -> None:
+    def burst(limit: int) -> AdmissionSignals:
+        return calm(pending=limit, finished=limit // 4)
+
+    # Pending spawns as recorded: the burst keeps every slot taken throughout.
+    recorded = (
+        [burst(n) for n in (64, 64, 68, 68, 72, 72, 76, 76, 80, 80)]  # 1-10: burst, calm
+        + [stall(pending=84), stall(pending=58), stall(pending=58), stall(pending=58)]  # 11-14
+        + [burst(n) for n in (40, 40, 44, 44, 48, 48)]  # 15-20: recovery
+        + [throttled(pending=52)]  # 21: one interval of API 429s
+        + [burst(n) for n in (36, 36, 40, 40, 44, 44, 48, 48, 52)]  # 22-30
+    )
+    assert len(recorded) == 30
+    decisions = run(initial_state(DEFAULTS), recorded, DEFAULTS)
+    assert [d.state.limit for d in decisions] == [
+        64, 68, 68, 72, 72, 76, 76, 80, 80, 84,
+        58, 58, 58, 40,
+        40, 44, 44, 48, 48, 52,
+        36,
+        36, 40, 40, 44, 44, 48, 48, 52, 52,
+    ]  # fmt: skip
+    reasons = [d.reason for d in decisions]
+    assert reasons[10:14] == [R.LOOP_STALLED] * 4
+    assert reasons[20] is R.K8S_THROTTLED
+    assert reasons.count(R.ALL_WELL) == 5 + 3 + 4
+    # Deterministic: the same recording gives the same decisions.
+    assert run(initial_state(DEFAULTS), recorded, DEFAULTS) == decisions
+
+
+# --- expected_slot_wait ---------------------------------------------------------------------
+
+
+def test_slot_wait_without_pending_spawns_is_zero() -> None:
+    assert expected_slot_wait([], [10.0, 20.0]) == 0.0
+    assert expected_slot_wait([], []) == 0.0
+
+
+def test_slot_wait_without_history_is_the_default() -> None:
+    assert expected_slot_wait([5.0], []) == 30.0
+    assert expected_slot_wait([5.0], [], default=12.5) == 12.5
+
+
+def test_slot_wait_during_a_scale_up() -> None:
+    assert expected_slot_wait([10.0, 20.0], [300.0] * 10) == pytest.approx(280.0)
+
+
+def test_slot_wait_for_overdue_spawns() -> None:
+    assert expected_slot_wait([400.0], [300.0] * 10) == pytest.approx(100.0)
+    assert expected_slot_wait([2.0], [1.0]) == pytest.approx(1.0)  # max(0.5, 1.0)
+    # An overdue spawn is expected before a young one in a slow queue.
+    assert expected_slot_wait([400.0, 10.0], [300.0] * 10) == pytest.approx(100.0)
+
+
+def test_slot_wait_uses_the_median_of_longer_durations_only() -> None:
+    durations = [10.0, 20.0, 30.0, 100.0, 200.0]
+    assert expected_slot_wait([5.0], durations) == pytest.approx(25.0)  # median 30 - 5
+    assert expected_slot_wait([25.0], durations) == pytest.approx(75.0)  # median(30,100,200)-25
+    assert expected_slot_wait([25.0, 5.0], durations) == pytest.approx(25.0)
+    # Even count: the mean of the two middle values, median(40, 60) - 20.
+    assert expected_slot_wait([20.0], [10.0, 40.0, 60.0]) == pytest.approx(30.0)
+    # A duration equal to the age does not count as longer.
+    assert expected_slot_wait([30.0], [30.0, 50.0]) == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize(
+    ("ages", "durations", "kwargs", "name"),
+    [
+        ([-1.0], [10.0], {}, "pending_ages"),
+        ([math.nan], [10.0], {}, "pending_ages"),
+        ([1.0], [math.inf], {}, "recent_durations"),
+        ([1.0], [], {"default": -5.0}, "default"),
+    ],
+)
+def test_slot_wait_errors_name_the_argument(
+    ages: list[float], durations: list[float], kwargs: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        expected_slot_wait(ages, durations, **kwargs)
+
+
+# --- retry_after_range ----------------------------------------------------------------------
+
+
+def test_retry_range_is_centred_on_the_wait() -> None:
+    assert retry_after_range(100.0) == (75, 125)
+    assert retry_after_range(10.0) == (8, 13)  # 7.5 and 12.5 round half up
+    lo, hi = retry_after_range(280.0)
+    assert (lo, hi) == (210, 350)
+    assert isinstance(lo, int) and isinstance(hi, int)
+
+
+def test_retry_range_clamps_to_low_and_high() -> None:
+    assert retry_after_range(0.0) == (5, 6)
+    assert retry_after_range(2.0) == (5, 6)
+    assert retry_after_range(6.0) == (5, 8)  # 4.5 -> 5 is the low bound anyway
+    assert retry_after_range(10_000.0) == (599, 600)
+    assert retry_after_range(700.0) == (525, 600)
+    assert retry_after_range(100.0, low=30, high=60) == (59, 60)
+    assert retry_after_range(0.0, low=30, high=60) == (30, 31)
+
+
+def test_retry_range_always_has_lo_below_hi_within_bounds() -> None:
+    for wait in [x / 4 for x in range(0, 4_000)]:
+        for low, high, spread in [(5.0, 600.0, 0.25), (1.0, 2.0, 0.5), (30.0, 60.0, 0.1)]:
+            lo, hi = retry_after_range(wait, low=low, high=high, spread=spread)
+            assert low <= lo < hi <= high, (wait, low, high, spread)
+
+
+@pytest.mark.parametrize(
+    ("wait", "kwargs", "name"),
+    [
+        (math.nan, {}, "wait"),
+        (math.inf, {}, "wait"),
+        (-1.0, {}, "wait"),
+        (10.0, {"low": 0.5}, "low"),
+        (10.0, {"low": 10.0, "high": 10.0}, "high"),
+        (10.0, {"low": 10.0, "high": 5.0}, "high"),
+        (10.0, {"low": 5.2, "high": 5.8}, "high"),
+        (10.0, {"spread": 0.0}, "spread"),
+        (10.0, {"spread": 1.0}, "spread"),
+    ],
+)
+def test_retry_range_errors_name_the_argument(
+    wait: float, kwargs: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        retry_after_range(wait, **kwargs)
