@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from hub_resilience.hub.spawn_phases import failure_reason, pod_timeline, pulled_seconds
+from hub_resilience.hub.spawn_phases import (
+    failure_reason,
+    pod_timeline,
+    pulled_seconds,
+    waits_for_node,
+)
 from tests.data import pod_sequences as seq
 
 
@@ -59,6 +64,16 @@ def test_unschedulable() -> None:
     assert failure_reason(pod, events) == "unschedulable"
     assert failure_reason(None, events) == "unschedulable"
     assert pod_timeline(pod, events).phases == {}
+
+
+def test_only_a_pod_the_scheduler_has_not_placed_waits_for_a_node() -> None:
+    """The admission governor's capacity signal: unschedulable (no room, or a scale-up under
+    way) until the pod is scheduled; never once it is, nor for no pod."""
+    assert waits_for_node(seq.UNSCHEDULABLE["pod"])
+    assert not waits_for_node(seq.SCALE_UP_THEN_SCHEDULED["pod"])
+    assert not waits_for_node(seq.SCHEDULED_AT_ONCE["pod"])
+    assert not waits_for_node(None)
+    assert not waits_for_node({"status": {"phase": "Pending"}})  # not looked at yet
 
 
 def test_failed_scheduling_then_scheduled_is_not_unschedulable() -> None:

@@ -216,3 +216,13 @@ def failure_reason(pod: dict | None, events: list[dict]) -> SpawnOutcome | None:
 
 def _scheduled(pod: dict | None) -> bool:
     return bool(pod) and _condition_true_at(pod, "PodScheduled") is not None  # type: ignore[arg-type]
+
+
+def waits_for_node(pod: dict | None) -> bool:
+    """Whether the pod is pending because the scheduler found no node for it (yet): no room,
+    or a scale-up under way. The admission governor's capacity signal."""
+    if not pod or (pod.get("status") or {}).get("phase") not in (None, "Pending"):
+        return False
+    scheduled = _condition(pod, "PodScheduled")
+    return bool(scheduled) and scheduled.get("status") == "False"  # type: ignore[union-attr]
+

@@ -308,6 +308,12 @@ class ResilientKubeSpawner(KubeSpawner):
             return None
         return reflector.pods.get(f"{self.namespace}/{self.pod_name}")
 
+    @property
+    def waiting_for_node(self) -> bool:
+        """Whether this spawn's pod waits for the scheduler to find it a node: what the
+        admission governor counts as a capacity wait."""
+        return spawn_phases.waits_for_node(self._current_pod())
+
     def _watch_down(self) -> WatchDown | None:
         """The pod watch, if it is down: the hub's view of the pod is then stale."""
         reflector = self.pod_reflector
