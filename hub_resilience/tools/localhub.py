@@ -253,6 +253,17 @@ class LocalHub:
             raise RuntimeError("the hub is not running")
         await wait_http(url, None, self._hub, self.log_path, timeout)
 
+    async def wait_for_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the hub process to exit by itself (as
+        JupyterHub does at its consecutive_failure_limit); its exit code, or None if it
+        still runs."""
+        if self._hub is None:
+            raise RuntimeError("the hub is not running")
+        try:
+            return await asyncio.wait_for(self._hub.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
     async def restart(self) -> None:
         """Stop the hub process and start it again with the same database and proxy."""
         await terminate(self._hub)
