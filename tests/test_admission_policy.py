@@ -384,9 +384,11 @@ def test_replay_of_a_recorded_burst_stall_and_recovery() -> None:
 # --- expected_slot_wait ---------------------------------------------------------------------
 
 
-def test_slot_wait_without_pending_spawns_is_zero() -> None:
-    assert expected_slot_wait([], [10.0, 20.0]) == 0.0
-    assert expected_slot_wait([], []) == 0.0
+def test_slot_wait_without_pending_spawns_is_what_a_new_spawn_takes() -> None:
+    """The range is set before the burst that makes the hub refuse: it must already say how
+    long a spawn takes, not "now"."""
+    assert expected_slot_wait([], [10.0, 20.0, 60.0]) == 20.0
+    assert expected_slot_wait([], []) == 30.0
 
 
 def test_slot_wait_without_history_is_the_default() -> None:

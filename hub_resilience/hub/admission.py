@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any
 
 from traitlets import Bunch, Float, Integer, TraitError, validate
@@ -41,6 +42,23 @@ RETRY_RANGE_SETTING = "spawn_throttle_retry_range"
 
 #: How often the loop probe wakes up to measure the hub's event-loop lag (s).
 PROBE_INTERVAL = 0.1
+
+#: The policy's defaults, which are the AdmissionGovernor options' defaults.
+DEFAULTS = AdmissionSettings()
+#: The AdmissionGovernor options passed to the policy as they are (floor and start are not:
+#: the configured limit may lower the floor and sets the start).
+POLICY_OPTIONS = (
+    "ceiling",
+    "increase",
+    "decrease",
+    "calm_intervals",
+    "cooldown_intervals",
+    "loop_lag_threshold",
+    "k8s_latency_threshold",
+    "k8s_throttled_threshold",
+    "capacity_wait_threshold",
+    "failure_threshold",
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,8 @@ def pending_spawns(users: Iterable[Any]) -> Iterator[PendingSpawn]:
             if spawner.pending not in ("spawn", "proxy"):
                 continue
             started = getattr(getattr(spawner, "orm_spawner", None), "started", None)
+            if started is not None and started.tzinfo is None:  # read back from the database
+                started = started.replace(tzinfo=timezone.utc)
             yield PendingSpawn(
                 key=id(spawner),
                 started=started.timestamp() if started is not None else time.time(),
@@ -118,9 +138,11 @@ class AdmissionGovernor(LoggingConfigurable):
     measures, and ``spawn_throttle_retry_range`` from the expected wait for a free slot."""
 
     interval = Float(2.0, config=True, help="Seconds between two decisions of the governor.")
-    floor = Integer(8, config=True, help="The lowest concurrent spawn limit it sets (>= 1).")
+    floor = Integer(
+        DEFAULTS.floor, config=True, help="The lowest concurrent spawn limit it sets (>= 1)."
+    )
     ceiling = Integer(
-        200,
+        DEFAULTS.ceiling,
         config=True,
         help="""
         The highest concurrent spawn limit it sets. It starts at the configured
@@ -128,30 +150,46 @@ class AdmissionGovernor(LoggingConfigurable):
         [floor, ceiling].
         """,
     )
-    increase = Integer(4, config=True, help="Spawns added to the limit after calm intervals.")
-    decrease = Float(0.7, config=True, help="Factor the limit is multiplied by on distress.")
+    increase = Integer(
+        DEFAULTS.increase, config=True, help="Spawns added to the limit after calm intervals."
+    )
+    decrease = Float(
+        DEFAULTS.decrease, config=True, help="Factor the limit is multiplied by on distress."
+    )
     calm_intervals = Integer(
-        2, config=True, help="Calm intervals in a row before the limit may rise (hysteresis)."
+        DEFAULTS.calm_intervals,
+        config=True,
+        help="Calm intervals in a row before the limit may rise (hysteresis).",
     )
     cooldown_intervals = Integer(
-        2, config=True, help="Intervals after a decrease during which it does not decrease again."
+        DEFAULTS.cooldown_intervals,
+        config=True,
+        help="Intervals after a decrease during which it does not decrease again.",
     )
     loop_lag_threshold = Float(
-        0.25, config=True, help="Hub event-loop lag (s) above which the hub is in distress."
+        DEFAULTS.loop_lag_threshold,
+        config=True,
+        help="Hub event-loop lag (s) above which the hub is in distress.",
     )
     k8s_latency_threshold = Float(
-        2.0, config=True, help="p90 Kubernetes API latency (s) above which the API is in distress."
+        DEFAULTS.k8s_latency_threshold,
+        config=True,
+        help="p90 Kubernetes API latency (s) above which the API is in distress.",
     )
     k8s_throttled_threshold = Float(
-        0.1, config=True, help="Share of Kubernetes API requests answered 429 that is distress."
+        DEFAULTS.k8s_throttled_threshold,
+        config=True,
+        help="Share of Kubernetes API requests answered 429 that is distress.",
     )
     capacity_wait_threshold = Float(
-        0.5,
+        DEFAULTS.capacity_wait_threshold,
         config=True,
         help="Share of pending spawns waiting for a node (scheduling, scale-up) that is distress.",
     )
     failure_threshold = Float(
-        0.5, config=True, help="Share of finished spawns that failed that is distress."
+        DEFAULTS.failure_threshold,
+        config=True,
+        help="Share of finished spawns that failed that is distress.",
     )
     retry_after_min = Float(
         5.0, config=True, help="The shortest Retry-After (s) the hub's 429 suggests."
@@ -178,17 +216,8 @@ class AdmissionGovernor(LoggingConfigurable):
                 raise ValueError(f"ceiling={self.ceiling} must be >= floor ({self.floor})")
             settings = AdmissionSettings(
                 floor=min(self.floor, start),
-                ceiling=self.ceiling,
                 start=start,
-                increase=self.increase,
-                decrease=self.decrease,
-                calm_intervals=self.calm_intervals,
-                cooldown_intervals=self.cooldown_intervals,
-                loop_lag_threshold=self.loop_lag_threshold,
-                k8s_latency_threshold=self.k8s_latency_threshold,
-                k8s_throttled_threshold=self.k8s_throttled_threshold,
-                capacity_wait_threshold=self.capacity_wait_threshold,
-                failure_threshold=self.failure_threshold,
+                **{name: getattr(self, name) for name in POLICY_OPTIONS},
             )
             retry_after_range(0.0, low=self.retry_after_min, high=self.retry_after_max)
         except ValueError as e:
@@ -275,7 +304,7 @@ class AdmissionGovernor(LoggingConfigurable):
         signals: AdmissionSignals | None = None,
     ) -> None:
         wait = expected_slot_wait(
-            [now - p.started for p in pending], list(tracker.durations), default=30.0
+            [max(0.0, now - p.started) for p in pending], list(tracker.durations)
         )
         retry_range = retry_after_range(wait, low=self.retry_after_min, high=self.retry_after_max)
         from hub_resilience.hub.metrics import record_admission  # only in the hub process

@@ -325,18 +325,19 @@ def expected_slot_wait(
     long recently finished spawns took (ready or failed), scale-up waits included. A spawn
     of age ``a`` is one of the slow ones, so its remaining time is the median of the recent
     durations longer than ``a``, minus ``a``; one that has outlived them all is overdue and
-    expected in ``max(a * 0.25, 1.0)``. The answer is the minimum over pending spawns: 0.0
-    with none pending, ``default`` with no history. ValueError for negative or non-finite
-    values.
+    expected in ``max(a * 0.25, 1.0)``. The answer is the minimum over pending spawns; with
+    none pending, what a spawn starting now takes (the median of the recent durations); with
+    no history, ``default``. ValueError for negative or non-finite values.
     """
     _check_seconds("pending_ages", pending_ages)
     _check_seconds("recent_durations", recent_durations)
     if not _is_seconds(default):
         raise ValueError(f"default must be finite seconds >= 0, got {default!r}")
-    if not pending_ages:
-        return 0.0
     if not recent_durations:
         return float(default)
+    if not pending_ages:
+        # The next 429 comes once spawns are pending: they will take about this long.
+        return float(statistics.median(recent_durations))
     durations = sorted(recent_durations)
     best = math.inf
     for age in pending_ages:
