@@ -7,6 +7,7 @@ The real hub is in tests/test_admission_hub.py; the policy in tests/test_admissi
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -18,11 +19,13 @@ from traitlets.config import Config
 from hub_resilience import configure
 from hub_resilience.hub.admission import (
     AdmissionGovernor,
+    LoopLagProbe,
     PendingSpawn,
     SpawnTracker,
     pending_spawns,
     start_governor,
 )
+from hub_resilience.hub.admission_policy import initial_state, retry_after_range
 from hub_resilience.hub.failure_limit import counts_toward_failure_limit, forgive_failure
 from hub_resilience.hub.request_window import RequestWindow, p90
 from hub_resilience.hub.spawn_phases import SpawnOutcome
@@ -130,3 +133,24 @@ async def test_outside_a_hub_nothing_is_started() -> None:
     """The sidecar and check-config load the hub's config too: there is no hub to govern."""
     assert start_governor(Config()) is False
     assert await asyncio.to_thread(start_governor, Config()) is False  # no running loop
+
+
+def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the_look() -> None:
+    """A spawn can start between the governor taking the time and reading the users: its
+    age is 0, not negative (which once made the decision fail)."""
+    governor = AdmissionGovernor()
+    policy = governor.policy_settings(4)
+    settings: dict[str, Any] = {"concurrent_spawn_limit": 4, "spawn_throttle_retry_range": (30, 60)}
+    newer = FakeSpawner("spawn", at(time.time() + 5))
+    state = governor._decide(
+        settings,
+        initial_state(policy),
+        policy,
+        {1: user(newer)},
+        RequestWindow(),
+        LoopLagProbe(),
+        SpawnTracker(),
+    )
+    assert settings["concurrent_spawn_limit"] == state.limit == 4
+    # No spawn has finished yet: the default wait of 30 s, +-25%.
+    assert settings["spawn_throttle_retry_range"] == retry_after_range(30.0) == (23, 38)

@@ -281,7 +281,8 @@ class AdmissionGovernor(LoggingConfigurable):
             failed=failed,
         )
         decision = next_state(state, signals, policy)
-        if decision.changed:
+        self._apply(settings, decision.state, decision, tracker, pending, now, policy, signals)
+        if decision.changed:  # logged once it is what the hub enforces
             self.log.info(
                 "Admission governor: concurrent_spawn_limit %d -> %d (%s: %s)",
                 state.limit,
@@ -289,7 +290,6 @@ class AdmissionGovernor(LoggingConfigurable):
                 decision.reason,
                 describe(signals),
             )
-        self._apply(settings, decision.state, decision, tracker, pending, now, policy, signals)
         return decision.state
 
     def _apply(
