@@ -654,21 +654,22 @@ class HubClient:
         """
         body = None if user_options is None else dict(user_options)
         path = _user_path(name, server_name)
-        started = time.monotonic()
         attempts = 0
         while True:
             try:
                 response = await self.request("POST", path, body=body, allowed=(400,))
                 break
             except HubUnavailableError:
+                # Bounded by attempts, not by the deadline: each request() has its own, and
+                # waiting out the hub's 429s may have used most of it before the answer
+                # was lost.
                 attempts += 1
                 found = await self._start_in_progress(name, server_name)
                 if found is not None:
                     return found
-                delay = self.policy.delay(attempts - 1, None, self._rng)
-                if not self.policy.should_retry(attempts, time.monotonic() - started, delay):
+                if attempts >= self.policy.max_attempts:
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.policy.delay(attempts - 1, None, self._rng))
         if response.status == 201:
             return StartResult.STARTED
         if response.status == 202:
