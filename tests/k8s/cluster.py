@@ -224,6 +224,12 @@ def kubeconfig(server: str, ca_pem: bytes, user: str, token: str, namespace: str
     }
 
 
+def kubeconfig_ca(path: Path) -> bytes:
+    """The CA certificate (PEM) a kubeconfig written by :func:`kubeconfig` trusts."""
+    config = yaml.safe_load(path.read_text())
+    return base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+
+
 def token_auth_csv(entries: Sequence[tuple[str, str, str, Sequence[str]]]) -> str:
     """kube-apiserver's --token-auth-file: ``token,user,uid,"group1,group2"`` per line."""
     return "".join(
@@ -900,7 +906,7 @@ def admin_get(endpoint: ApiEndpoint, path: str, timeout: float = 10.0) -> str:
     against that kubeconfig's CA; raises urllib.error.URLError/HTTPError as urlopen does."""
     config = yaml.safe_load(endpoint.admin_kubeconfig.read_text())
     token = config["users"][0]["user"]["token"]
-    ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    ca_pem = kubeconfig_ca(endpoint.admin_kubeconfig)
     context = ssl.create_default_context(cadata=ca_pem.decode())
     request = urllib.request.Request(f"{endpoint.server}{path}")
     request.add_header("Authorization", f"Bearer {token}")
@@ -1158,9 +1164,7 @@ class LocalCluster:
         self._paused.discard(endpoint.server)
         self._wait_apiserver_ready(process.name, endpoint.server, process)
         ca_now = last_ca_certificate((self._cert_dir(process.name) / "apiserver.crt").read_bytes())
-        config = yaml.safe_load(endpoint.admin_kubeconfig.read_text())
-        ca_before = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
-        if ca_now != ca_before:
+        if ca_now != kubeconfig_ca(endpoint.admin_kubeconfig):
             raise ClusterError(f"{process.name} came back with a different certificate")
         if isinstance(endpoint, ApfEndpoint):
             self._wait_apf_applied(endpoint)
@@ -1332,10 +1336,7 @@ class LocalCluster:
                 },
             )
         self._hub_token = self._bound_service_account_token(HUB_SERVICE_ACCOUNT)
-        admin_config = yaml.safe_load(api.admin_kubeconfig.read_text())
-        ca_pem = base64.b64decode(
-            admin_config["clusters"][0]["cluster"]["certificate-authority-data"]
-        )
+        ca_pem = kubeconfig_ca(api.admin_kubeconfig)
         self._write_kubeconfig(
             api.kubeconfig,
             kubeconfig(api.server, ca_pem, HUB_SERVICE_ACCOUNT, self._hub_token, self.namespace),
@@ -1389,11 +1390,7 @@ class LocalCluster:
             f"-{apf.max_mutating_requests_inflight}"
         )
         plain = self._start_apiserver(process_name, None, apf)
-        ca_pem = base64.b64decode(
-            yaml.safe_load(plain.admin_kubeconfig.read_text())["clusters"][0]["cluster"][
-                "certificate-authority-data"
-            ]
-        )
+        ca_pem = kubeconfig_ca(plain.admin_kubeconfig)
         throttled_kubeconfig = self.work_dir / f"{process_name}-{name}.kubeconfig"
         self._write_kubeconfig(
             throttled_kubeconfig, kubeconfig(plain.server, ca_pem, name, token, self.namespace)
@@ -1453,8 +1450,7 @@ class LocalCluster:
                     name, name, endpoint.service_account, blocker, self.namespace
                 )
             )
-        config = yaml.safe_load(endpoint.admin_kubeconfig.read_text())
-        ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+        ca_pem = kubeconfig_ca(endpoint.admin_kubeconfig)
         path = self.work_dir / f"{name}-{blocker}.kubeconfig"
         self._write_kubeconfig(
             path, kubeconfig(endpoint.server, ca_pem, blocker, token, self.namespace)
