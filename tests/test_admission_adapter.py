@@ -154,3 +154,26 @@ def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the
     assert settings["concurrent_spawn_limit"] == state.limit == 4
     # No spawn has finished yet: the default wait of 30 s, +-25%.
     assert settings["spawn_throttle_retry_range"] == retry_after_range(30.0) == (23, 38)
+
+
+def test_a_capacity_hold_is_logged_once_when_it_begins(caplog: pytest.LogCaptureFixture) -> None:
+    """Holding is not a change, but an operator asking why the limit does not rise needs to
+    see it: one line when most pending spawns start waiting for nodes, not one per interval."""
+    governor = AdmissionGovernor()
+    policy = governor.policy_settings(8)
+    settings: dict[str, Any] = {"concurrent_spawn_limit": 8, "spawn_throttle_retry_range": (30, 60)}
+    waiting = {i: user(FakeSpawner("spawn", at(time.time()), waiting_for_node=True))
+               for i in range(8)}
+    state, tracker = initial_state(policy), SpawnTracker()
+    caplog.set_level("INFO")
+    for _ in range(3):
+        state = governor._decide(
+            settings, state, policy, waiting, RequestWindow(), LoopLagProbe(), tracker
+        )
+    held = [r.getMessage() for r in caplog.records if "held at" in r.getMessage()]
+    assert held == [
+        "Admission governor: concurrent_spawn_limit held at 8 (capacity_wait: loop lag 0.00s, "
+        "Kubernetes API p90 none with 0/0 throttled, 8 pending (8 waiting for a node), 0/0 "
+        "finished spawns failed)"
+    ]
+    assert settings["concurrent_spawn_limit"] == 8

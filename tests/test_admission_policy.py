@@ -266,15 +266,26 @@ def test_distress_priority_order() -> None:
     assert distress(AdmissionSignals(**fields), DEFAULTS) is None
 
 
-def test_capacity_wait_cuts_to_the_floor_and_never_below() -> None:
+def test_capacity_wait_holds_the_limit_without_cutting_it() -> None:
+    """Pods waiting for nodes are what a cluster autoscaler sizes its scale-up by: fewer of
+    them would slow the scale-up down. The limit neither drops nor rises while they wait."""
     settings = replace(DEFAULTS, start=100)
-    decisions = run(initial_state(settings), [capacity_wait(pending=20)] * 60, settings)
-    limits = [d.state.limit for d in decisions]
-    assert limits[:7] == [70, 70, 70, 49, 49, 49, 34]
-    assert min(limits) == settings.floor == limits[-1]
-    assert all(d.reason is R.CAPACITY_WAIT for d in decisions)
-    at_floor = [d for d in decisions if d.state.limit == settings.floor][1:]
-    assert at_floor and all(not d.changed for d in at_floor)
+    waits = [capacity_wait(pending=100)] * 30
+    decisions = run(initial_state(settings), waits, settings)
+    assert [d.state.limit for d in decisions] == [100] * 30
+    assert all(d.reason is R.CAPACITY_WAIT and not d.changed for d in decisions)
+    # Calm intervals start over after a wait: hysteresis before the next increase.
+    after = run(decisions[-1].state, [calm(pending=100)] * 2, settings)
+    assert [d.state.limit for d in after] == [100, 104]
+
+
+def test_capacity_wait_lets_a_cut_cool_down_and_failures_still_cut() -> None:
+    cut = next_state(initial_state(DEFAULTS), throttled(pending=64), DEFAULTS)
+    assert (cut.state.limit, cut.state.cooldown) == (44, 2)
+    held = next_state(cut.state, capacity_wait(pending=44), DEFAULTS)
+    assert (held.state.limit, held.state.cooldown, held.reason) == (44, 1, R.CAPACITY_WAIT)
+    failing = calm(pending=44, waiting_for_capacity=40, finished=10, failed=8)
+    assert distress(failing, DEFAULTS) is R.FAILURES  # spawns timing out while they wait
 
 
 def test_capacity_wait_needs_floor_pending_spawns() -> None:

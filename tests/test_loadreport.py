@@ -13,7 +13,9 @@ from hub_resilience.tools.loadreport import (
     arrival_offsets,
     build_report,
     cpu_seconds_from_stat,
+    ended_spawns,
     format_report,
+    histogram_quantile,
     hub_load,
     parse_hub_metrics,
     percentile,
@@ -226,3 +228,47 @@ def test_progress_bar() -> None:
     )
     with pytest.raises(ValueError, match="total"):
         render_progress(ready=0, failed=0, total=0, absorbed=0, elapsed=0)
+
+
+def test_histogram_quantile_interpolates_within_the_bucket_as_prometheus_does() -> None:
+    before = {0.05: 10.0, 0.1: 10.0, 0.5: 10.0, math.inf: 10.0}
+    after = {0.05: 90.0, 0.1: 100.0, 0.5: 110.0, math.inf: 110.0}
+    # 100 observations in between: 80 up to 50 ms, 10 more up to 100 ms, 10 up to 500 ms.
+    assert histogram_quantile(0.5, before, after) == pytest.approx(0.05 * 50 / 80)
+    assert histogram_quantile(0.85, before, after) == pytest.approx(0.05 + 0.05 * 5 / 10)
+    assert histogram_quantile(0.99, before, after) == pytest.approx(0.1 + 0.4 * 9 / 10)
+    beyond = {**after, math.inf: 120.0}  # the last 10 above every finite bound
+    assert histogram_quantile(0.99, before, beyond) == 0.5
+    assert histogram_quantile(0.99, after, after) is None  # nothing observed in between
+    with pytest.raises(ValueError, match="quantile"):
+        histogram_quantile(99, before, after)
+
+
+def test_spawns_the_hub_refused_are_not_spawns_that_ended() -> None:
+    jupyterhub_5 = {("success", ""): 7.0, ("failure", ""): 2.0, ("throttled", ""): 40.0,
+                    ("too-many-users", ""): 3.0}
+    jupyterhub_6 = {("success", ""): 7.0, ("failure", "SimulatedStartFailure"): 1.0,
+                    ("error", "exited"): 1.0, ("failure", "throttled"): 40.0,
+                    ("failure", "already-pending"): 5.0}
+    assert ended_spawns(jupyterhub_5) == ended_spawns(jupyterhub_6) == (7.0, 2.0)
+
+
+def test_a_scrape_reads_the_loop_histogram_spawns_and_admission_gauges() -> None:
+    text = "\n".join([
+        "# TYPE jupyterhub_event_loop_interval_seconds histogram",
+        'jupyterhub_event_loop_interval_seconds_bucket{le="0.05"} 3.0',
+        'jupyterhub_event_loop_interval_seconds_bucket{le="+Inf"} 4.0',
+        "jupyterhub_event_loop_interval_seconds_count 4.0",
+        "jupyterhub_event_loop_interval_seconds_sum 0.3",
+        "# TYPE jupyterhub_server_spawn_duration_seconds histogram",
+        'jupyterhub_server_spawn_duration_seconds_count{reason="throttled",status="failure"} 9.0',
+        'jupyterhub_server_spawn_duration_seconds_count{reason="",status="success"} 2.0',
+        "# TYPE hub_resilience_admission_limit gauge",
+        "hub_resilience_admission_limit 64.0",
+        "# TYPE hub_resilience_admission_signal gauge",
+        'hub_resilience_admission_signal{signal="pending_spawns"} 12.0',
+    ])
+    scrape = parse_hub_metrics(text)
+    assert scrape.loop_intervals == {0.05: 3.0, math.inf: 4.0}
+    assert ended_spawns(scrape.spawns) == (2.0, 0.0)
+    assert scrape.admission == {"limit": 64.0, "signal:pending_spawns": 12.0}

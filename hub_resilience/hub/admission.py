@@ -25,6 +25,7 @@ from traitlets.config import LoggingConfigurable
 
 from hub_resilience.hub.admission_policy import (
     AdmissionDecision,
+    AdmissionReason,
     AdmissionSettings,
     AdmissionSignals,
     AdmissionState,
@@ -42,6 +43,9 @@ RETRY_RANGE_SETTING = "spawn_throttle_retry_range"
 
 #: How often the loop probe wakes up to measure the hub's event-loop lag (s).
 PROBE_INTERVAL = 0.1
+
+#: The reason that holds the limit where it is, logged when a hold begins.
+HELD = AdmissionReason.CAPACITY_WAIT
 
 #: The policy's defaults, which are the AdmissionGovernor options' defaults.
 DEFAULTS = AdmissionSettings()
@@ -184,7 +188,11 @@ class AdmissionGovernor(LoggingConfigurable):
     capacity_wait_threshold = Float(
         DEFAULTS.capacity_wait_threshold,
         config=True,
-        help="Share of pending spawns waiting for a node (scheduling, scale-up) that is distress.",
+        help="""
+        Share of pending spawns waiting for a node (scheduling, scale-up) above which the
+        limit is held: not raised, and not cut either (an autoscaler sizes its scale-up by
+        the pending pods).
+        """,
     )
     failure_threshold = Float(
         DEFAULTS.failure_threshold,
@@ -206,6 +214,8 @@ class AdmissionGovernor(LoggingConfigurable):
 
     #: Whether it sets the 429's Retry-After (False when spawn_throttle_retry_range is set).
     honest_retry_after = True
+    #: The reason of the last decision (a hold is logged when it begins).
+    _last_reason = AdmissionReason.START
 
     def policy_settings(self, configured_limit: int = 0) -> AdmissionSettings:
         """The policy's settings, starting from ``configured_limit`` (0: no limit; a limit
@@ -290,6 +300,14 @@ class AdmissionGovernor(LoggingConfigurable):
                 decision.reason,
                 describe(signals),
             )
+        elif decision.reason is HELD and self._last_reason is not HELD:  # once per wait
+            self.log.info(
+                "Admission governor: concurrent_spawn_limit held at %d (%s: %s)",
+                decision.state.limit,
+                decision.reason,
+                describe(signals),
+            )
+        self._last_reason = decision.reason
         return decision.state
 
     def _apply(

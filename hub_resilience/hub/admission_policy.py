@@ -35,7 +35,7 @@ class AdmissionReason(LabelEnum):
     LOOP_STALLED = "loop_stalled"  # hub event loop lag above threshold
     K8S_SLOW = "k8s_slow"  # Kubernetes API latency above threshold
     K8S_THROTTLED = "k8s_throttled"  # share of Kubernetes API requests answered 429 too high
-    CAPACITY_WAIT = "capacity_wait"  # many admitted spawns are waiting for a node
+    CAPACITY_WAIT = "capacity_wait"  # most admitted spawns wait for a node: held, not cut
     FAILURES = "failures"  # share of finished spawns that failed above threshold
     HOLD = "hold"  # no change: not calm long enough, limit not binding, or cooling down
 
@@ -147,8 +147,9 @@ class AdmissionSettings:
     k8s_throttled_threshold: float = 0.1
     """Share of Kubernetes API requests answered 429 above which it is throttling, in [0, 1]."""
     capacity_wait_threshold: float = 0.5
-    """Share of pending spawns waiting for a node above which admitting more only lengthens
-    the queue, in [0, 1]; considered only when pending >= floor."""
+    """Share of pending spawns waiting for a node above which the limit is held (not raised:
+    more admitted spawns would only wait for nodes too, not cut: a cluster autoscaler sizes
+    its scale-up by the pending pods), in [0, 1]; considered only when pending >= floor."""
     failure_threshold: float = 0.5
     """Share of finished spawns that failed above which spawning is in trouble, in [0, 1];
     considered only when at least 3 spawns finished."""
@@ -283,13 +284,18 @@ def next_state(
 
     Distress cuts the limit by ``decrease`` (at least by 1, never below the floor) unless a
     previous cut is still cooling down, so one episode is not punished once per interval
-    before the last cut has had an effect. Calm raises it by ``increase`` only after
-    ``calm_intervals`` calm intervals in a row and only while pending spawns fill
-    ``binding_share`` of it.
+    before the last cut has had an effect. A capacity wait only holds it (reason
+    CAPACITY_WAIT, no change): the spawns waiting for nodes are what an autoscaler sizes its
+    scale-up by, and spawns that then fail are the FAILURES signal. Calm raises it by
+    ``increase`` only after ``calm_intervals`` calm intervals in a row and only while pending
+    spawns fill ``binding_share`` of it.
     """
     previous = state.limit
     limit = settings.clamp(previous)
     reason = distress(signals, settings)
+    if reason is AdmissionReason.CAPACITY_WAIT:
+        nxt = AdmissionState(limit=limit, calm=0, cooldown=max(0, state.cooldown - 1))
+        return AdmissionDecision(nxt, reason, nxt.limit != previous)
     if reason is not None:
         if state.cooldown > 0:
             nxt = AdmissionState(limit=limit, calm=0, cooldown=state.cooldown - 1)

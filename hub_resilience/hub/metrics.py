@@ -315,8 +315,10 @@ ADMISSION_CHANGES = Counter(
     "acted on (all_well: raised; the others: lowered on that distress signal).",
     ["reason"],
 )
+#: Reasons that keep the limit where it is (a capacity wait holds it, docs/admission.md).
+_NOT_CHANGES = (AdmissionReason.START, AdmissionReason.HOLD, AdmissionReason.CAPACITY_WAIT)
 for _change in AdmissionReason:
-    if _change not in (AdmissionReason.START, AdmissionReason.HOLD):  # never a change
+    if _change not in _NOT_CHANGES:
         ADMISSION_CHANGES.labels(_change)
 
 

@@ -37,6 +37,9 @@ FAILURE_REASONS = (
 METRICS_HANDLER = "jupyterhub.handlers.metrics.MetricsHandler"
 REQUESTS_SAMPLE = "jupyterhub_request_duration_seconds_count"
 CPU_SAMPLE = "process_cpu_seconds_total"
+LOOP_INTERVAL_BUCKET = "jupyterhub_event_loop_interval_seconds_bucket"
+SPAWNS_SAMPLE = "jupyterhub_server_spawn_duration_seconds_count"
+ADMISSION_PREFIX = "hub_resilience_admission_"
 
 
 def arrival_offsets(
@@ -140,16 +143,23 @@ class UserOutcome:
 
 @dataclass(frozen=True)
 class HubScrape:
-    """One reading of a hub's ``/hub/metrics``: request counts and CPU time."""
+    """One reading of a hub's ``/hub/metrics``: request counts, CPU time, the event-loop
+    interval histogram, spawns by status and the admission governor's gauges."""
 
     requests: Mapping[tuple[str, str, str], float]  # (method, handler, code) -> count
     cpu_seconds: float | None
+    loop_intervals: Mapping[float, float] = field(default_factory=dict)  # le -> cumulative
+    spawns: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (status, reason)
+    admission: Mapping[str, float] = field(default_factory=dict)  # "limit", "signal:pending"..
 
 
 def parse_hub_metrics(text: str) -> HubScrape:
-    """Read request counts and process CPU seconds from a hub's Prometheus exposition."""
+    """Read the figures of a :class:`HubScrape` from a hub's Prometheus exposition."""
     requests: dict[tuple[str, str, str], float] = {}
     cpu: float | None = None
+    loop: dict[float, float] = {}
+    spawns: dict[tuple[str, str], float] = {}
+    admission: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == REQUESTS_SAMPLE:
@@ -161,7 +171,63 @@ def parse_hub_metrics(text: str) -> HubScrape:
                 requests[key] = requests.get(key, 0.0) + sample.value
             elif sample.name == CPU_SAMPLE:
                 cpu = sample.value
-    return HubScrape(requests, cpu)
+            elif sample.name == LOOP_INTERVAL_BUCKET:
+                loop[float(sample.labels["le"])] = sample.value
+            elif sample.name == SPAWNS_SAMPLE:
+                key2 = (sample.labels.get("status", ""), sample.labels.get("reason", ""))
+                spawns[key2] = spawns.get(key2, 0.0) + sample.value
+            elif sample.name.startswith(ADMISSION_PREFIX):
+                name = sample.name.removeprefix(ADMISSION_PREFIX)
+                if "signal" in sample.labels:
+                    name = f"{name}:{sample.labels['signal']}"
+                admission[name] = sample.value
+    return HubScrape(requests, cpu, loop, spawns, admission)
+
+
+#: Spawn "durations" JupyterHub records for a spawn it refused (a status in 5.5, a reason
+#: in 6.x): not spawns that ended.
+REFUSED_SPAWNS = frozenset({"throttled", "too-many-users", "already-pending"})
+
+
+def ended_spawns(spawns: Mapping[tuple[str, str], float]) -> tuple[float, float]:
+    """(succeeded, failed) of the spawns a hub ran, from its spawn-duration counts by
+    (status, reason), its refusals left out."""
+    succeeded = failed = 0.0
+    for (status, reason), count in spawns.items():
+        if status in REFUSED_SPAWNS or reason in REFUSED_SPAWNS:
+            continue
+        if status == "success":
+            succeeded += count
+        else:
+            failed += count
+    return succeeded, failed
+
+
+def histogram_quantile(q: float, before: Mapping[float, float],
+                       after: Mapping[float, float]) -> float | None:
+    """The ``q`` quantile (0..1) of what a cumulative histogram (upper bound -> count)
+    observed between two readings, interpolated within its bucket as Prometheus's
+    ``histogram_quantile`` does; the highest finite bound when it falls in ``+Inf``; None
+    when nothing was observed."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile q must be within [0, 1], not {q!r}")
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
 
 
 @dataclass(frozen=True)
@@ -173,6 +239,8 @@ class HubLoad:
     by_code: dict[str, int] = field(default_factory=dict)
     by_handler: dict[str, int] = field(default_factory=dict)
     cpu_seconds: float | None = None
+    spawn_failures: int = 0  # spawns the hub recorded as failed
+    loop_interval_p99: float | None = None  # seconds, JupyterHub's event-loop interval
 
 
 def hub_load(before: HubScrape, after: HubScrape) -> HubLoad:
@@ -201,8 +269,12 @@ def hub_load(before: HubScrape, after: HubScrape) -> HubLoad:
         cpu = after.cpu_seconds - before.cpu_seconds
         if cpu < 0:
             cpu = after.cpu_seconds
+    failures = ended_spawns(after.spawns)[1] - ended_spawns(before.spawns)[1]
     return HubLoad(total, by_code.get("429", 0), dict(sorted(by_code.items())),
-                   dict(sorted(by_handler.items(), key=lambda kv: -kv[1])), cpu)
+                   dict(sorted(by_handler.items(), key=lambda kv: -kv[1])), cpu,
+                   spawn_failures=int(round(max(0.0, failures))),
+                   loop_interval_p99=histogram_quantile(
+                       0.99, before.loop_intervals, after.loop_intervals))
 
 
 def cpu_seconds_from_stat(stat_line: str, clock_ticks: int) -> float:

@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 from jupyterhub.spawner import Spawner
 from traitlets import Bool, Bunch, Float, Int, TraitError, validate
 
+from hub_resilience.tools.simulated_cluster import Seat, SimulatedCluster
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -124,7 +126,8 @@ class SimulatedSpawner(Spawner):
 
     start_delay = Float(
         0.0,
-        help="Seconds start() waits before the simulated server is up (a pod's start time).",
+        help="Seconds start() waits before the simulated server is up (a pod's start time; "
+        "with a SimulatedCluster, the container start after placement and image pull).",
     ).tag(config=True)
 
     stop_delay = Float(
@@ -180,6 +183,12 @@ class SimulatedSpawner(Spawner):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._url: str | None = None
+        self._seat: Seat | None = None
+        #: Read by the admission governor: True while the server waits for room on a node.
+        self.waiting_for_node = False
+
+    def _set_waiting(self, waiting: bool) -> None:
+        self.waiting_for_node = waiting
 
     def _option(self, key: str, default: Any) -> Any:
         options = self.user_options or {}
@@ -225,18 +234,32 @@ class SimulatedSpawner(Spawner):
             )
         # Set before waiting: poll() must report a server that is starting as running.
         self._url = f"http://{LOOPBACK}:{port}"
-        if start_delay:
-            await asyncio.sleep(start_delay)
-        if fail:
-            self._url = None
-            raise SimulatedStartFailure(f"simulated start failure for {self._log_name}")
+        try:
+            cluster = SimulatedCluster.shared(self.config, self.log)
+            if cluster is None:
+                if start_delay:
+                    await asyncio.sleep(start_delay)
+            else:
+                self._seat = await cluster.place(self._set_waiting)
+                await self._seat.start(start_delay)
+            if fail:
+                raise SimulatedStartFailure(f"simulated start failure for {self._log_name}")
+        except BaseException:  # failed, or given up by the hub's start_timeout
+            self._leave_node()
+            raise
         return self._url
+
+    def _leave_node(self) -> None:
+        self._url = None
+        if self._seat is not None:
+            self._seat.release()
+            self._seat = None
 
     async def stop(self, now: bool = False) -> None:
         stop_delay = self._option("stop_delay", self.stop_delay)
         if stop_delay and not now:
             await asyncio.sleep(stop_delay)
-        self._url = None
+        self._leave_node()
 
     async def poll(self) -> int | None:
         if not self._url:

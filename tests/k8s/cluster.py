@@ -40,7 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1579,24 +1579,25 @@ class LocalCluster:
         )
 
     def _create_nodes(self) -> None:
+        self.add_nodes(range(self.node_count))
+
+    def add_nodes(self, indexes: Iterable[int]) -> None:
+        """Create fake nodes ``indexes`` (of ``node_shape``) and wait until KWOK has made
+        every node of the cluster Ready (a benchmark's stand-in autoscaler adds nodes)."""
         from kubernetes import client
 
         with self.admin_client() as api_client:
             core = client.CoreV1Api(api_client)
-            for index in range(self.node_count):
+            for index in indexes:
                 core.create_node(node_manifest(index, self.node_shape))
 
             def all_ready() -> bool:
                 nodes = core.list_node(label_selector="type=kwok").items
-                ready = [
-                    node
+                return all(
+                    any(c.type == "Ready" and c.status == "True"
+                        for c in node.status.conditions or [])
                     for node in nodes
-                    if any(
-                        c.type == "Ready" and c.status == "True"
-                        for c in node.status.conditions or []
-                    )
-                ]
-                return len(ready) == self.node_count
+                )
 
             wait_until(
                 all_ready,
@@ -1604,6 +1605,17 @@ class LocalCluster:
                 what="fake nodes to be Ready",
                 process=self._kwok,
             )
+
+    def remove_nodes_from(self, first: int) -> None:
+        """Delete the fake nodes of index ``first`` and above (those add_nodes added)."""
+        from kubernetes import client
+
+        keep = {node_name(index) for index in range(first)}
+        with self.admin_client() as api_client:
+            core = client.CoreV1Api(api_client)
+            for node in core.list_node(label_selector="type=kwok").items:
+                if node.metadata.name not in keep:
+                    core.delete_node(node.metadata.name)
 
     def _start_responder(self) -> None:
         port = free_port()

@@ -1,0 +1,249 @@
+"""Spawn admission: z2jh's static limit (64), a low static limit (20) and the governor.
+
+The same arrivals, one configuration after the other, each on a fresh hub whose servers run
+on a simulated cluster with limited room (:class:`~hub_resilience.tools.simulated_cluster.
+SimulatedCluster`, the model below). Users are this package's backoff client, which honours
+the hub's Retry-After, and give up after ``PATIENCE`` seconds. docs/benchmarks.md
+("Spawn admission") states what is measured and how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+from benchmarks.common import Row, bench_hub, hub_cpu_seconds, log, scrape
+from hub_resilience.tools.loadreport import (
+    Arrival,
+    HubScrape,
+    LoadReport,
+    ended_spawns,
+    hub_load,
+)
+from hub_resilience.tools.localhub import LocalHub
+from hub_resilience.tools.simulate import Simulation, SimulationPlan
+
+#: The cluster the servers run on: 8 nodes of 32 servers ready (256 seats), an autoscaler
+#: that adds nodes for the servers that fit nowhere up to 40 nodes (1,280 seats), each
+#: ready 30 s after it was asked for (clouds take 2-5 min; shortened so a run takes
+#: minutes), a 10 s image pull on a node's first server, then 3 s to start a container,
+#: four at a time per node.
+CLUSTER = """
+c.SimulatedCluster.nodes = 8
+c.SimulatedCluster.max_nodes = 40
+c.SimulatedCluster.servers_per_node = 32
+c.SimulatedCluster.scale_up_delay = 30.0
+c.SimulatedCluster.image_pull = 10.0
+c.SimulatedCluster.parallel_starts = 4
+c.SimulatedSpawner.start_delay = 3.0
+"""
+
+#: Seconds a user keeps trying before giving up (a student at the start of a class).
+PATIENCE = 600.0
+#: Seconds between two readings of the hub's metrics during a run.
+SAMPLE_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    limit: int
+    governor: bool
+
+    def hub_config(self) -> str:
+        return CLUSTER + f"""
+from hub_resilience import configure
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}  # as z2jh: answer 202 at once
+configure(
+    c, spawner_class=None, stopped_handler=False, cull=False,
+    concurrent_spawn_limit={self.limit}, admission_governor={self.governor},
+)
+"""
+
+
+STATIC_64 = Configuration("concurrent_spawn_limit 64 (z2jh's default)", 64, False)
+STATIC_20 = Configuration("concurrent_spawn_limit 20", 20, False)
+GOVERNOR = Configuration("the governor (from 64)", 64, True)
+CONFIGURATIONS = (STATIC_64, STATIC_20, GOVERNOR)
+
+#: JupyterHub's own spawn_throttle_retry_range, which the static configurations keep.
+JUPYTERHUB_RETRY_RANGE = (30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Crowd:
+    """Who arrives, and how."""
+
+    title: str
+    users: int
+    arrival: Arrival
+    ramp_seconds: float | None = None
+
+
+CROWDS = (
+    Crowd("500 users at once", 500, Arrival.BURST),
+    Crowd("1,000 users over 5 minutes", 1000, Arrival.RAMP, 300.0),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # seconds since the run started
+    scrape: HubScrape
+
+
+@dataclass(frozen=True)
+class Outcome:
+    report: LoadReport
+    hub_cpu: float
+    samples: list[Sample]
+
+    def honesty(self, *, scale_up_only: bool = False) -> tuple[float, float, int]:
+        """(median suggested Retry-After / wait for a free slot, share within +-50%,
+        seconds counted) over the seconds in which the hub refused spawns."""
+        ratios = retry_after_ratios(self.samples, scale_up_only=scale_up_only)
+        if not ratios:
+            return float("nan"), float("nan"), 0
+        within = sum(0.5 <= r <= 1.5 for r in ratios) / len(ratios)
+        return statistics.median(ratios), within, len(ratios)
+
+
+def suggested_retry_after(scrape: HubScrape) -> float:
+    """The middle of the range the hub draws its Retry-After from at this reading."""
+    low = scrape.admission.get("retry_after_low_seconds")
+    high = scrape.admission.get("retry_after_high_seconds")
+    if low is None or high is None:
+        low, high = JUPYTERHUB_RETRY_RANGE
+    return (low + high) / 2
+
+
+def retry_after_ratios(samples: list[Sample], *, scale_up_only: bool = False) -> list[float]:
+    """For each second in which the hub answered 429: the Retry-After it suggested divided by
+    the time until a spawn next ended (a slot freed), both read from its own metrics."""
+    frees = [
+        (a.at + b.at) / 2
+        for a, b in zip(samples, samples[1:], strict=False)
+        if sum(ended_spawns(b.scrape.spawns)) > sum(ended_spawns(a.scrape.spawns))
+    ]
+    ratios = []
+    for a, b in zip(samples, samples[1:], strict=False):
+        if hub_load(a.scrape, b.scrape).refused == 0:
+            continue
+        if scale_up_only and not a.scrape.admission.get("signal:waiting_for_node"):
+            continue
+        later = [f for f in frees if f > a.at]
+        if not later:
+            continue
+        ratios.append(suggested_retry_after(a.scrape) / max(later[0] - a.at, SAMPLE_INTERVAL))
+    return ratios
+
+
+async def sample(hub: LocalHub, started: float, into: list[Sample]) -> None:
+    """Read the hub's metrics every SAMPLE_INTERVAL until cancelled."""
+    while True:
+        try:
+            into.append(Sample(time.monotonic() - started, await scrape(hub)))
+        except Exception as e:  # a swamped hub is a result, not an abort
+            log(f"admission: metrics not read: {e}")
+        await asyncio.sleep(SAMPLE_INTERVAL)
+
+
+async def run_one(crowd: Crowd, configuration: Configuration) -> Outcome:
+    async with bench_hub(configuration.hub_config()) as hub:
+        return await drive(hub, crowd, configuration.name)
+
+
+async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
+    """Let ``crowd`` arrive at ``hub``, reading its metrics meanwhile; what it measured."""
+    plan = SimulationPlan(
+        users=crowd.users, arrival=crowd.arrival, ramp_seconds=crowd.ramp_seconds,
+        client="backoff", timeout=PATIENCE, user_prefix="u-", cleanup=False,
+    )
+    log(f"admission: {crowd.title}, {label}")
+    cpu = hub_cpu_seconds(hub)
+    samples: list[Sample] = []
+    sampler = asyncio.ensure_future(sample(hub, time.monotonic(), samples))
+    try:
+        report = await Simulation(hub.url, hub.token, plan, api_url=hub.api_url).run()
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    outcome = Outcome(report, hub_cpu_seconds(hub) - cpu, samples)
+    log(f"admission: {label}: ready {report.ready}/{crowd.users}, "
+        f"{report.failed} without a server ({report.failures}), "
+        f"p50 {p(report, 50):.0f}s p99 {p(report, 99):.0f}s, "
+        f"{outcome.hub_cpu:.0f} hub CPU s, Retry-After/wait {outcome.honesty()}, "
+        f"in scale-ups {outcome.honesty(scale_up_only=True)}")
+    return outcome
+
+
+def p(report: LoadReport, q: int) -> float:
+    """Time until ready at percentile ``q`` of the users who got a server (NaN: none did)."""
+    t = report.time_to_ready
+    if t is None:
+        return float("nan")
+    return {50: t.p50, 99: t.p99}[q]
+
+
+def rows(title: str, baseline: Configuration, static: Outcome, ours: Outcome) -> list[Row]:
+    comparison = f"{title}: the governor vs {baseline.name}"
+    s, o = static.report, ours.report
+    nan = float("nan")
+
+    def loop_ms(outcome: Outcome) -> float:
+        hub = outcome.report.hub
+        if hub is None or hub.loop_interval_p99 is None:
+            return nan
+        return hub.loop_interval_p99 * 1000
+
+    return [
+        Row(comparison, "time until ready, p50 (s)", p(s, 50), p(o, 50), "lower"),
+        Row(comparison, "time until ready, p99 (s)", p(s, 99), p(o, 99), "lower"),
+        Row(comparison, "users who got no server", s.failed, o.failed, "lower", 0),
+        Row(comparison, "failed spawns (the hub's count)",
+            s.hub.spawn_failures if s.hub else nan, o.hub.spawn_failures if o.hub else nan,
+            "lower", 0),
+        Row(comparison, "spawn requests refused (429)",
+            s.hub.refused if s.hub else nan, o.hub.refused if o.hub else nan, "lower", 0),
+        Row(comparison, "hub CPU seconds", static.hub_cpu, ours.hub_cpu, "lower"),
+        Row(comparison, "hub event-loop interval p99 (ms)", loop_ms(static), loop_ms(ours),
+            "lower"),
+        Row(comparison, "Retry-After within ±50% of the wait for a slot (share of refusing s)",
+            static.honesty()[1], ours.honesty()[1], "higher", 2),
+    ]
+
+
+def comparison(crowd: Crowd, outcomes: dict[Configuration, Outcome]) -> list[Row]:
+    """The table of one crowd: the governor against each static limit, and its Retry-After
+    during scale-up waits."""
+    table: list[Row] = []
+    for static in (STATIC_64, STATIC_20):
+        table += rows(crowd.title, static, outcomes[static], outcomes[GOVERNOR])
+    ratio, within, seconds = outcomes[GOVERNOR].honesty(scale_up_only=True)
+    title = f"{crowd.title}: the governor during scale-up waits ({seconds} refusing s)"
+    baseline_ratio, baseline_within, _ = outcomes[STATIC_64].honesty()
+    table.append(Row(title, "Retry-After ÷ wait for a slot (median; static 64: 30-60 s)",
+                     baseline_ratio, ratio, "closer to 1", 2))
+    table.append(Row(title, "Retry-After within ±50% of that wait (share)",
+                     baseline_within, within, "higher", 2))
+    return table
+
+
+async def run(crowds: tuple[Crowd, ...] = CROWDS, *, kubernetes: Crowd | None = None
+              ) -> list[Row]:
+    """Every crowd on simulated servers, then ``kubernetes`` (default: 500 at once) on the
+    local control plane."""
+    from benchmarks import admission_k8s
+
+    table: list[Row] = []
+    for crowd in crowds:
+        table += comparison(crowd, {c: await run_one(crowd, c) for c in CONFIGURATIONS})
+    return table + await admission_k8s.run(kubernetes or admission_k8s.CROWD)
+
+
+async def quick() -> list[Row]:
+    """A smoke-sized run (the figures mean little)."""
+    return await run((Crowd("300 users at once", 300, Arrival.BURST),),
+                     kubernetes=Crowd("150 users at once on Kubernetes", 150, Arrival.BURST))
