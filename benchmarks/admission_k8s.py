@@ -33,7 +33,7 @@ USER_RESOURCES = {
     "cpu": {"guarantee": 0.125, "limit": 0.125},
     "memory": {"guarantee": "448M", "limit": "448M"},
 }
-SCALE_UP_DELAY = 30.0
+SCALE_UP_DELAY = 120.0
 #: How often the stand-in autoscaler looks for pods that fit on no node (the cluster
 #: autoscaler's default scan interval is 10 s).
 SCAN_INTERVAL = 5.0
@@ -42,11 +42,13 @@ CROWD = Crowd("500 users at once on Kubernetes", 500, Arrival.BURST)
 
 
 def unschedulable(pod: Any) -> bool:
-    """Pending because the scheduler found no node with room (what triggers a scale-up)."""
+    """Pending because no node has room for it (what triggers a scale-up); not while its
+    PVC is still being bound, which the scheduler also reports as unschedulable."""
     if pod.status is None or pod.status.phase != "Pending":
         return False
     return any(
         c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+        and "Insufficient" in (c.message or "")
         for c in pod.status.conditions or []
     )
 

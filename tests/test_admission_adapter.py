@@ -21,6 +21,7 @@ from hub_resilience.hub.admission import (
     AdmissionGovernor,
     LoopLagProbe,
     PendingSpawn,
+    RefusedSpawns,
     SpawnTracker,
     pending_spawns,
     start_governor,
@@ -177,3 +178,41 @@ def test_a_capacity_hold_is_logged_once_when_it_begins(caplog: pytest.LogCapture
         "finished spawns failed)"
     ]
     assert settings["concurrent_spawn_limit"] == 8
+
+
+def test_slots_per_second_counts_spawns_ended_within_the_window() -> None:
+    tracker = SpawnTracker(rate_window=10.0)
+    spawns = [PendingSpawn(key=i, started=0.0, waiting_for_node=False,
+                           spawner=FakeSpawner("spawn")) for i in range(6)]
+    tracker.update(spawns, now=100.0)
+    assert tracker.slots_per_second(100.0) == 0.0
+    tracker.update(spawns[2:], now=102.0)  # two ended in the first 2 s
+    assert tracker.slots_per_second(102.0) == pytest.approx(1.0)
+    tracker.update([], now=108.0)  # four more
+    assert tracker.slots_per_second(108.0) == pytest.approx(6 / 8)
+    assert tracker.slots_per_second(113.0) == pytest.approx(4 / 10)  # the first two aged out
+
+
+def test_refusals_are_read_from_jupyterhub_s_own_metric_on_this_lane_s_version() -> None:
+    """JupyterHub 5.5 records a refused spawn with status "throttled", 6.x with status
+    "failure" and reason "throttled": the governor counts both, and nothing else."""
+    from jupyterhub import metrics
+
+    statuses = {s.value for s in metrics.ServerSpawnStatus}
+    if "throttled" in statuses:  # JupyterHub 5.5 (z2jh 4.4.0)
+        throttled = metrics.SERVER_SPAWN_DURATION_SECONDS.labels(status="throttled")
+        other = metrics.SERVER_SPAWN_DURATION_SECONDS.labels(status="failure")
+    else:
+        throttled = metrics.SERVER_SPAWN_DURATION_SECONDS.labels(
+            status="failure", reason="throttled"
+        )
+        other = metrics.SERVER_SPAWN_DURATION_SECONDS.labels(
+            status="failure", reason="too-many-users"
+        )
+    refused = RefusedSpawns()
+    assert refused.per_second(10.0) == 0.0  # the first look only takes the count
+    for _ in range(6):
+        throttled.observe(0.01)
+    other.observe(0.01)
+    assert refused.per_second(12.0) == pytest.approx(3.0)
+    assert refused.per_second(14.0) == 0.0

@@ -18,6 +18,7 @@ from hub_resilience.hub.admission_policy import (
     AdmissionState,
     distress,
     expected_slot_wait,
+    expected_turn_wait,
     initial_state,
     next_state,
     retry_after_range,
@@ -412,10 +413,14 @@ def test_slot_wait_during_a_scale_up() -> None:
 
 
 def test_slot_wait_for_overdue_spawns() -> None:
-    assert expected_slot_wait([400.0], [300.0] * 10) == pytest.approx(100.0)
-    assert expected_slot_wait([2.0], [1.0]) == pytest.approx(1.0)  # max(0.5, 1.0)
-    # An overdue spawn is expected before a young one in a slow queue.
-    assert expected_slot_wait([400.0, 10.0], [300.0] * 10) == pytest.approx(100.0)
+    """A spawn that outlived every recent one (waiting for nodes that take longer than the
+    last scale-up) is expected to last as long again."""
+    assert expected_slot_wait([400.0], [300.0] * 10) == pytest.approx(400.0)
+    assert expected_slot_wait([0.5], [0.2]) == pytest.approx(1.0)  # max(0.5, 1.0)
+    # A young spawn in a slow queue is expected before the straggler.
+    assert expected_slot_wait([400.0, 10.0], [300.0] * 10) == pytest.approx(290.0)
+    # The first scale-up of an event: every pending spawn outlived the quick ones before it.
+    assert expected_slot_wait([60.0, 70.0], [20.0, 30.0, 35.0]) == pytest.approx(60.0)
 
 
 def test_slot_wait_uses_the_median_of_longer_durations_only() -> None:
@@ -492,3 +497,37 @@ def test_retry_range_errors_name_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=rf"^{name} must"):
         retry_after_range(wait, **kwargs)
+
+
+# --- expected_turn_wait ---------------------------------------------------------------------
+
+
+def test_turn_wait_with_a_queue_is_the_middle_of_the_queue_over_the_drain_rate() -> None:
+    # 4 refusals/s of users told 45 s: 180 users waiting; 2 slots free per second.
+    assert expected_turn_wait(
+        1.0, refused_per_second=4.0, retry_after=45.0, slots_per_second=2.0
+    ) == pytest.approx(45.0)
+    # Told 5 s instead, the same 180 users come back 9 times as often: the same answer.
+    assert expected_turn_wait(
+        1.0, refused_per_second=36.0, retry_after=5.0, slots_per_second=2.0
+    ) == pytest.approx(45.0)
+
+
+def test_turn_wait_is_never_shorter_than_the_wait_for_a_slot() -> None:
+    # A scale-up: no slot frees for two minutes, whatever the queue.
+    assert expected_turn_wait(
+        120.0, refused_per_second=1.0, retry_after=30.0, slots_per_second=0.5
+    ) == 120.0
+    # Nobody refused, or nothing finishing: the slot wait alone.
+    assert expected_turn_wait(
+        8.0, refused_per_second=0.0, retry_after=30.0, slots_per_second=2.0
+    ) == 8.0
+    assert expected_turn_wait(
+        8.0, refused_per_second=10.0, retry_after=30.0, slots_per_second=0.0
+    ) == 8.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
+def test_turn_wait_refuses_bad_values(bad: float) -> None:
+    with pytest.raises(ValueError, match="slots_per_second"):
+        expected_turn_wait(1.0, refused_per_second=1.0, retry_after=1.0, slots_per_second=bad)

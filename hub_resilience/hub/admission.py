@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
 
+from jupyterhub.metrics import SERVER_SPAWN_DURATION_SECONDS
 from traitlets import Bunch, Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
@@ -30,6 +31,7 @@ from hub_resilience.hub.admission_policy import (
     AdmissionSignals,
     AdmissionState,
     expected_slot_wait,
+    expected_turn_wait,
     initial_state,
     next_state,
     retry_after_range,
@@ -40,6 +42,9 @@ from hub_resilience.hub.running_hub import handler_settings
 #: The settings JupyterHub's handlers read on every spawn request.
 LIMIT_SETTING = "concurrent_spawn_limit"
 RETRY_RANGE_SETTING = "spawn_throttle_retry_range"
+
+#: The label value of a spawn JupyterHub refused at its concurrent spawn limit.
+THROTTLED = "throttled"
 
 #: How often the loop probe wakes up to measure the hub's event-loop lag (s).
 PROBE_INTERVAL = 0.1
@@ -77,14 +82,19 @@ class PendingSpawn:
 
 class SpawnTracker:
     """Which spawns were pending at the last look, so the next one learns which finished,
-    how long they took (the slot they held) and whether they failed."""
+    how long they took (the slot they held), whether they failed, and how fast slots free."""
 
-    def __init__(self, history: int = 200) -> None:
+    def __init__(self, history: int = 200, rate_window: float = 60.0) -> None:
         self._pending: dict[int, PendingSpawn] = {}
         self.durations: deque[float] = deque(maxlen=history)
+        self.rate_window = rate_window
+        self._ended: deque[float] = deque()  # when spawns ended, within rate_window
+        self._first_look: float | None = None
 
     def update(self, pending: Iterable[PendingSpawn], now: float) -> tuple[int, int]:
         """Take a new look; returns (finished, failed) since the last one."""
+        if self._first_look is None:
+            self._first_look = now
         current = {spawn.key: spawn for spawn in pending}
         finished = failed = 0
         for key, spawn in self._pending.items():
@@ -92,10 +102,50 @@ class SpawnTracker:
                 continue
             finished += 1
             self.durations.append(max(0.0, now - spawn.started))
+            self._ended.append(now)
             if not getattr(spawn.spawner, "ready", False):
                 failed += 1
         self._pending = current
         return finished, failed
+
+    def slots_per_second(self, now: float) -> float:
+        """Spawns ended per second over the last ``rate_window`` seconds (or since the
+        first look, if that is more recent): how fast the queue of refused users drains."""
+        while self._ended and self._ended[0] < now - self.rate_window:
+            self._ended.popleft()
+        if self._first_look is None:
+            return 0.0
+        span = min(self.rate_window, now - self._first_look)
+        return len(self._ended) / span if span > 0 else 0.0
+
+
+class RefusedSpawns:
+    """Spawns the hub refused at its concurrent spawn limit since the last look, from
+    JupyterHub's own spawn-duration metric (its status is "throttled" in JupyterHub 5.5, its
+    reason in 6.x)."""
+
+    def __init__(self) -> None:
+        self._seen: float | None = None
+        self._at = 0.0
+
+    @staticmethod
+    def total() -> float:
+        count = 0.0
+        for family in SERVER_SPAWN_DURATION_SECONDS.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                throttled = THROTTLED in (labels.get("status"), labels.get("reason"))
+                if sample.name.endswith("_count") and throttled:
+                    count += sample.value
+        return count
+
+    def per_second(self, now: float) -> float:
+        """Refusals per second since the last call (0 at the first)."""
+        total = self.total()
+        (seen, at), (self._seen, self._at) = (self._seen, self._at), (total, now)
+        if seen is None or now <= at:
+            return 0.0
+        return max(0.0, total - seen) / (now - at)
 
 
 def pending_spawns(users: Iterable[Any]) -> Iterator[PendingSpawn]:
@@ -217,6 +267,10 @@ class AdmissionGovernor(LoggingConfigurable):
     #: The reason of the last decision (a hold is logged when it begins).
     _last_reason = AdmissionReason.START
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refused = RefusedSpawns()
+
     def policy_settings(self, configured_limit: int = 0) -> AdmissionSettings:
         """The policy's settings, starting from ``configured_limit`` (0: no limit; a limit
         below the floor lowers the floor to it); a ValueError names the bad option."""
@@ -279,6 +333,7 @@ class AdmissionGovernor(LoggingConfigurable):
         now = time.time()
         pending = list(pending_spawns(users.values()))
         finished, failed = tracker.update(pending, now)
+        refused = self._refused.per_second(now)
         k8s = requests.drain()
         signals = AdmissionSignals(
             loop_lag=probe.drain(),
@@ -291,7 +346,9 @@ class AdmissionGovernor(LoggingConfigurable):
             failed=failed,
         )
         decision = next_state(state, signals, policy)
-        self._apply(settings, decision.state, decision, tracker, pending, now, policy, signals)
+        self._apply(
+            settings, decision.state, decision, tracker, pending, now, policy, signals, refused
+        )
         if decision.changed:  # logged once it is what the hub enforces
             self.log.info(
                 "Admission governor: concurrent_spawn_limit %d -> %d (%s: %s)",
@@ -320,9 +377,17 @@ class AdmissionGovernor(LoggingConfigurable):
         now: float,
         policy: AdmissionSettings,
         signals: AdmissionSignals | None = None,
+        refused_per_second: float = 0.0,
     ) -> None:
-        wait = expected_slot_wait(
+        slot_wait = expected_slot_wait(
             [max(0.0, now - p.started) for p in pending], list(tracker.durations)
+        )
+        told = settings.get(RETRY_RANGE_SETTING) or (0, 0)
+        wait = expected_turn_wait(
+            slot_wait,
+            refused_per_second=refused_per_second,
+            retry_after=(told[0] + told[1]) / 2,
+            slots_per_second=tracker.slots_per_second(now),
         )
         retry_range = retry_after_range(wait, low=self.retry_after_min, high=self.retry_after_max)
         from hub_resilience.hub.metrics import record_admission  # only in the hub process

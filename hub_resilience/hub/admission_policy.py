@@ -20,8 +20,10 @@ from hub_resilience.labels import LabelEnum
 
 #: Tolerance for float products meant to be whole (``0.7 * 90`` is ``62.99999999999999``).
 _EPSILON = 1e-9
-#: A spawn that has outlived every recent spawn is expected to end within this share of its age.
-_OVERDUE_SHARE = 0.25
+#: A spawn that has outlived every recent spawn is expected to last this share of its age
+#: again: waits for a scale-up are long-tailed, and the doubling rule (as long again as it
+#: has lasted) is the estimate that knows nothing else.
+_OVERDUE_SHARE = 1.0
 _OVERDUE_MIN = 1.0
 #: Failure shares from fewer finished spawns are noise.
 _MIN_FINISHED = 3
@@ -331,7 +333,7 @@ def expected_slot_wait(
     long recently finished spawns took (ready or failed), scale-up waits included. A spawn
     of age ``a`` is one of the slow ones, so its remaining time is the median of the recent
     durations longer than ``a``, minus ``a``; one that has outlived them all is overdue and
-    expected in ``max(a * 0.25, 1.0)``. The answer is the minimum over pending spawns; with
+    expected in ``max(a, 1.0)`` (as long again). The answer is the minimum over pending spawns; with
     none pending, what a spawn starting now takes (the median of the recent durations); with
     no history, ``default``. ValueError for negative or non-finite values.
     """
@@ -354,6 +356,35 @@ def expected_slot_wait(
             remaining = max(age * _OVERDUE_SHARE, _OVERDUE_MIN)
         best = min(best, remaining)
     return float(best)
+
+
+def expected_turn_wait(
+    slot_wait: float, *, refused_per_second: float, retry_after: float, slots_per_second: float
+) -> float:
+    """Seconds a refused user is expected to wait for their turn, not just for the next slot.
+
+    Users refused in the last interval retried about once per ``retry_after`` (what the hub
+    told them), so ``refused_per_second * retry_after`` of them are waiting; on average one
+    is in the middle of that queue, which drains at ``slots_per_second`` (spawns ending per
+    second). The answer is at least ``slot_wait`` (:func:`expected_slot_wait`): with a few
+    users waiting, the next free slot is what counts; with hundreds, telling each of them
+    the time to the next slot would send them all back for one slot. Clients that ignore
+    Retry-After only make the queue look longer, which makes the answer longer, not shorter.
+    ValueError for negative or non-finite values.
+    """
+    values = {
+        "slot_wait": slot_wait,
+        "refused_per_second": refused_per_second,
+        "retry_after": retry_after,
+        "slots_per_second": slots_per_second,
+    }
+    for name, value in values.items():
+        if not _is_seconds(value):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if slots_per_second <= 0:
+        return float(slot_wait)
+    waiting = refused_per_second * retry_after
+    return float(max(slot_wait, waiting / 2 / slots_per_second))
 
 
 def _round(value: float) -> int:
