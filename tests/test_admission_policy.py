@@ -44,11 +44,11 @@ def calm(pending: int = 0, **overrides: Any) -> AdmissionSignals:
     return AdmissionSignals(**fields)
 
 
-def stall(pending: int = 0) -> AdmissionSignals:
+def stall(pending: int = 20) -> AdmissionSignals:
     return calm(pending, loop_lag=1.0)
 
 
-def throttled(pending: int = 0) -> AdmissionSignals:
+def throttled(pending: int = 20) -> AdmissionSignals:
     return calm(pending, k8s_requests=100, k8s_throttled=30)
 
 
@@ -237,7 +237,7 @@ def test_k8s_latency_above_threshold() -> None:
     assert distress(calm(k8s_latency=2.5), DEFAULTS) is R.K8S_SLOW
     assert distress(calm(k8s_latency=2.0), DEFAULTS) is None
     assert distress(calm(k8s_latency=None, k8s_requests=0), DEFAULTS) is None
-    decision = next_state(initial_state(DEFAULTS), calm(k8s_latency=5.0), DEFAULTS)
+    decision = next_state(initial_state(DEFAULTS), calm(20, k8s_latency=5.0), DEFAULTS)
     assert (decision.state.limit, decision.reason) == (44, R.K8S_SLOW)
 
 
@@ -531,3 +531,13 @@ def test_turn_wait_is_never_shorter_than_the_wait_for_a_slot() -> None:
 def test_turn_wait_refuses_bad_values(bad: float) -> None:
     with pytest.raises(ValueError, match="slots_per_second"):
         expected_turn_wait(1.0, refused_per_second=1.0, retry_after=1.0, slots_per_second=bad)
+
+
+def test_distress_with_no_spawn_pending_holds_the_limit() -> None:
+    """A slow tick of an idle hub (a database commit, the hub starting up) or API 429s for
+    its other requests: admitting fewer spawns would change nothing, so nothing is cut."""
+    for signals in (stall(pending=0), throttled(pending=0)):
+        decision = next_state(initial_state(DEFAULTS), signals, DEFAULTS)
+        assert (decision.state.limit, decision.changed) == (64, False)
+        assert decision.reason is distress(signals, DEFAULTS)  # still said why it holds
+    assert next_state(initial_state(DEFAULTS), stall(pending=1), DEFAULTS).state.limit == 44

@@ -74,6 +74,11 @@ def test_only_a_pod_the_scheduler_has_not_placed_waits_for_a_node() -> None:
     assert not waits_for_node(seq.SCHEDULED_AT_ONCE["pod"])
     assert not waits_for_node(None)
     assert not waits_for_node({"status": {"phase": "Pending"}})  # not looked at yet
+    binding = {"status": {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/4 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+    }]}}
+    assert not waits_for_node(binding)  # its PVC is being bound: not a lack of room
 
 
 def test_failed_scheduling_then_scheduled_is_not_unschedulable() -> None:

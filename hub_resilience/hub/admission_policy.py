@@ -72,7 +72,7 @@ class AdmissionSignals:
     """What the hub measured over the last control interval."""
 
     loop_lag: float
-    """Seconds: worst hub event-loop lag seen in the interval."""
+    """Seconds: the 90th percentile of the hub event-loop lag in the interval."""
     k8s_latency: float | None
     """Seconds: p90 Kubernetes API request latency in the interval; None without requests."""
     k8s_requests: int
@@ -288,14 +288,15 @@ def next_state(
     previous cut is still cooling down, so one episode is not punished once per interval
     before the last cut has had an effect. A capacity wait only holds it (reason
     CAPACITY_WAIT, no change): the spawns waiting for nodes are what an autoscaler sizes its
-    scale-up by, and spawns that then fail are the FAILURES signal. Calm raises it by
+    scale-up by, and spawns that then fail are the FAILURES signal. So does distress while no
+    spawn is pending: admission is not what loads the hub or the API server then. Calm raises it by
     ``increase`` only after ``calm_intervals`` calm intervals in a row and only while pending
     spawns fill ``binding_share`` of it.
     """
     previous = state.limit
     limit = settings.clamp(previous)
     reason = distress(signals, settings)
-    if reason is AdmissionReason.CAPACITY_WAIT:
+    if reason is AdmissionReason.CAPACITY_WAIT or (reason is not None and not signals.pending):
         nxt = AdmissionState(limit=limit, calm=0, cooldown=max(0, state.cooldown - 1))
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     if reason is not None:

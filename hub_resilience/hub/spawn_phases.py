@@ -86,6 +86,10 @@ def _event_last_time(event: dict) -> datetime | None:
     return None
 
 
+#: The scheduler's message for a pod whose PVC is not bound yet (not a lack of room).
+UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"
+
+
 def _condition(pod: dict, kind: str) -> dict | None:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if condition.get("type") == kind:
@@ -220,9 +224,13 @@ def _scheduled(pod: dict | None) -> bool:
 
 def waits_for_node(pod: dict | None) -> bool:
     """Whether the pod is pending because the scheduler found no node for it (yet): no room,
-    or a scale-up under way. The admission governor's capacity signal."""
+    or a scale-up under way. The admission governor's capacity signal. Not while its PVC
+    is being bound (a StorageClass with Immediate binding), which the scheduler reports as
+    unschedulable too, for a second or two."""
     if not pod or (pod.get("status") or {}).get("phase") not in (None, "Pending"):
         return False
     scheduled = _condition(pod, "PodScheduled")
-    return bool(scheduled) and scheduled.get("status") == "False"  # type: ignore[union-attr]
+    if not scheduled or scheduled.get("status") != "False":
+        return False
+    return UNBOUND_CLAIMS not in (scheduled.get("message") or "")
 
