@@ -37,6 +37,7 @@ c.SimulatedCluster.scale_up_delay = 120.0
 c.SimulatedCluster.image_pull = 10.0
 c.SimulatedCluster.parallel_starts = 4
 c.SimulatedSpawner.start_delay = 3.0
+c.SimulatedSpawner.start_timeout = 300  # z2jh's singleuser.startTimeout (JupyterHub's: 60)
 """
 
 #: Seconds a user keeps trying before giving up (a student at the start of a class).

@@ -38,7 +38,7 @@ SCALE_UP_DELAY = 120.0
 #: autoscaler's default scan interval is 10 s).
 SCAN_INTERVAL = 5.0
 
-CROWD = Crowd("500 users at once on Kubernetes", 500, Arrival.BURST)
+CROWD = Crowd("300 users at once on Kubernetes", 300, Arrival.BURST)
 
 
 def unschedulable(pod: Any) -> bool:

@@ -8,6 +8,7 @@ hub served from its own ``jupyterhub_request_duration_seconds_count`` on ``/hub/
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -40,8 +41,10 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        """ours / baseline (None when the baseline is zero)."""
-        return None if self.baseline == 0 else self.ours / self.baseline
+        """ours / baseline (None when the baseline is zero or either was not measured)."""
+        if self.baseline == 0 or math.isnan(self.baseline) or math.isnan(self.ours):
+            return None
+        return self.ours / self.baseline
 
 
 def _number(value: float, digits: int) -> str:
