@@ -503,34 +503,22 @@ def test_retry_range_errors_name_the_argument(
 
 
 def test_turn_wait_with_a_queue_is_the_middle_of_the_queue_over_the_drain_rate() -> None:
-    # 4 refusals/s of users told 45 s: 180 users waiting; 2 slots free per second.
-    assert expected_turn_wait(
-        1.0, refused_per_second=4.0, retry_after=45.0, slots_per_second=2.0
-    ) == pytest.approx(45.0)
-    # Told 5 s instead, the same 180 users come back 9 times as often: the same answer.
-    assert expected_turn_wait(
-        1.0, refused_per_second=36.0, retry_after=5.0, slots_per_second=2.0
-    ) == pytest.approx(45.0)
+    # 180 users refused within the last Retry-After; 2 slots free per second.
+    assert expected_turn_wait(1.0, waiting=180, slots_per_second=2.0) == pytest.approx(45.0)
 
 
 def test_turn_wait_is_never_shorter_than_the_wait_for_a_slot() -> None:
     # A scale-up: no slot frees for two minutes, whatever the queue.
-    assert expected_turn_wait(
-        120.0, refused_per_second=1.0, retry_after=30.0, slots_per_second=0.5
-    ) == 120.0
+    assert expected_turn_wait(120.0, waiting=30, slots_per_second=0.5) == 120.0
     # Nobody refused, or nothing finishing: the slot wait alone.
-    assert expected_turn_wait(
-        8.0, refused_per_second=0.0, retry_after=30.0, slots_per_second=2.0
-    ) == 8.0
-    assert expected_turn_wait(
-        8.0, refused_per_second=10.0, retry_after=30.0, slots_per_second=0.0
-    ) == 8.0
+    assert expected_turn_wait(8.0, waiting=0, slots_per_second=2.0) == 8.0
+    assert expected_turn_wait(8.0, waiting=300, slots_per_second=0.0) == 8.0
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
 def test_turn_wait_refuses_bad_values(bad: float) -> None:
     with pytest.raises(ValueError, match="slots_per_second"):
-        expected_turn_wait(1.0, refused_per_second=1.0, retry_after=1.0, slots_per_second=bad)
+        expected_turn_wait(1.0, waiting=1.0, slots_per_second=bad)
 
 
 def test_distress_with_no_spawn_pending_holds_the_limit() -> None:

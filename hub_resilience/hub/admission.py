@@ -120,13 +120,14 @@ class SpawnTracker:
 
 
 class RefusedSpawns:
-    """Spawns the hub refused at its concurrent spawn limit since the last look, from
-    JupyterHub's own spawn-duration metric (its status is "throttled" in JupyterHub 5.5, its
-    reason in 6.x)."""
+    """Spawns the hub refused at its concurrent spawn limit, from JupyterHub's own
+    spawn-duration metric (its status is "throttled" in JupyterHub 5.5, its reason in 6.x),
+    counted per look so the governor can ask how many came within a recent window."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: float = 3600.0) -> None:
+        self.history = history
         self._seen: float | None = None
-        self._at = 0.0
+        self._looks: deque[tuple[float, float]] = deque()  # (time, refused since the last)
 
     @staticmethod
     def total() -> float:
@@ -139,13 +140,18 @@ class RefusedSpawns:
                     count += sample.value
         return count
 
-    def per_second(self, now: float) -> float:
-        """Refusals per second since the last call (0 at the first)."""
+    def look(self, now: float) -> None:
+        """Count the refusals since the last look (none are counted at the first)."""
         total = self.total()
-        (seen, at), (self._seen, self._at) = (self._seen, self._at), (total, now)
-        if seen is None or now <= at:
-            return 0.0
-        return max(0.0, total - seen) / (now - at)
+        seen, self._seen = self._seen, total
+        if seen is not None:
+            self._looks.append((now, max(0.0, total - seen)))
+        while self._looks and self._looks[0][0] < now - self.history:
+            self._looks.popleft()
+
+    def within(self, now: float, seconds: float) -> float:
+        """Refusals counted by the looks of the last ``seconds``."""
+        return sum(count for at, count in self._looks if at >= now - seconds)
 
 
 def pending_spawns(users: Iterable[Any]) -> Iterator[PendingSpawn]:
@@ -336,7 +342,7 @@ class AdmissionGovernor(LoggingConfigurable):
         now = time.time()
         pending = list(pending_spawns(users.values()))
         finished, failed = tracker.update(pending, now)
-        refused = self._refused.per_second(now)
+        self._refused.look(now)
         k8s = requests.drain()
         signals = AdmissionSignals(
             loop_lag=probe.drain(),
@@ -349,9 +355,7 @@ class AdmissionGovernor(LoggingConfigurable):
             failed=failed,
         )
         decision = next_state(state, signals, policy)
-        self._apply(
-            settings, decision.state, decision, tracker, pending, now, policy, signals, refused
-        )
+        self._apply(settings, decision.state, decision, tracker, pending, now, policy, signals)
         if decision.changed:  # logged once it is what the hub enforces
             self.log.info(
                 "Admission governor: concurrent_spawn_limit %d -> %d (%s: %s)",
@@ -380,7 +384,6 @@ class AdmissionGovernor(LoggingConfigurable):
         now: float,
         policy: AdmissionSettings,
         signals: AdmissionSignals | None = None,
-        refused_per_second: float = 0.0,
     ) -> None:
         slot_wait = expected_slot_wait(
             [max(0.0, now - p.started) for p in pending], list(tracker.durations)
@@ -388,8 +391,7 @@ class AdmissionGovernor(LoggingConfigurable):
         told = settings.get(RETRY_RANGE_SETTING) or (0, 0)
         wait = expected_turn_wait(
             slot_wait,
-            refused_per_second=refused_per_second,
-            retry_after=(told[0] + told[1]) / 2,
+            waiting=self._refused.within(now, told[1]),  # each retried within what it was told
             slots_per_second=tracker.slots_per_second(now),
         )
         retry_range = retry_after_range(wait, low=self.retry_after_min, high=self.retry_after_max)

@@ -359,32 +359,24 @@ def expected_slot_wait(
     return float(best)
 
 
-def expected_turn_wait(
-    slot_wait: float, *, refused_per_second: float, retry_after: float, slots_per_second: float
-) -> float:
+def expected_turn_wait(slot_wait: float, *, waiting: float, slots_per_second: float) -> float:
     """Seconds a refused user is expected to wait for their turn, not just for the next slot.
 
-    Users refused in the last interval retried about once per ``retry_after`` (what the hub
-    told them), so ``refused_per_second * retry_after`` of them are waiting; on average one
-    is in the middle of that queue, which drains at ``slots_per_second`` (spawns ending per
-    second). The answer is at least ``slot_wait`` (:func:`expected_slot_wait`): with a few
-    users waiting, the next free slot is what counts; with hundreds, telling each of them
-    the time to the next slot would send them all back for one slot. Clients that ignore
-    Retry-After only make the queue look longer, which makes the answer longer, not shorter.
-    ValueError for negative or non-finite values.
+    ``waiting``: the users refused recently (the spawns the hub refused within the last
+    Retry-After it gave: each waiting user was refused about once in that time, and a new
+    arrival once too). On average one is in the middle of that queue, which drains at
+    ``slots_per_second`` (spawns ending per second). The answer is at least ``slot_wait``
+    (:func:`expected_slot_wait`): with a few users waiting, the next free slot is what
+    counts; with hundreds, telling each of them the time to the next slot would send them
+    all back for one slot. Clients that ignore Retry-After only make the queue look longer,
+    which makes the answer longer, not shorter. ValueError for negative or non-finite values.
     """
-    values = {
-        "slot_wait": slot_wait,
-        "refused_per_second": refused_per_second,
-        "retry_after": retry_after,
-        "slots_per_second": slots_per_second,
-    }
+    values = {"slot_wait": slot_wait, "waiting": waiting, "slots_per_second": slots_per_second}
     for name, value in values.items():
         if not _is_seconds(value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if slots_per_second <= 0:
         return float(slot_wait)
-    waiting = refused_per_second * retry_after
     return float(max(slot_wait, waiting / 2 / slots_per_second))
 
 
