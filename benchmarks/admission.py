@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from benchmarks.common import Row, bench_hub, hub_cpu_seconds, log, scrape
+from benchmarks.common import Row, bench_hub, hub_cpu_seconds, log, markdown_table, scrape
 from hub_resilience.tools.loadreport import (
     Arrival,
     HubScrape,
@@ -174,10 +174,17 @@ async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
     outcome = Outcome(report, hub_cpu_seconds(hub) - cpu, samples)
+    hub_figures = "hub metrics unreadable"
+    if report.hub is not None:
+        loop = report.hub.loop_interval_p99
+        hub_figures = (f"{report.hub.refused} 429s, {report.hub.spawn_failures} failed spawns, "
+                       f"loop interval p99 {'?' if loop is None else f'{loop * 1000:.0f} ms'}")
+    ratio, within, seconds = outcome.honesty()
     log(f"admission: {label}: ready {report.ready}/{crowd.users}, "
         f"{report.failed} without a server ({report.failures}), "
-        f"p50 {p(report, 50):.0f}s p99 {p(report, 99):.0f}s, "
-        f"{outcome.hub_cpu:.0f} hub CPU s, Retry-After/wait in scale-ups {outcome.honesty()}")
+        f"p50 {p(report, 50):.0f}s p99 {p(report, 99):.0f}s, {hub_figures}, "
+        f"{outcome.hub_cpu:.0f} hub CPU s; Retry-After / wait during scale-ups: median "
+        f"{ratio:.2f}, {within:.0%} within ±50% ({seconds} s)")
     return outcome
 
 
@@ -241,6 +248,7 @@ async def run(crowds: tuple[Crowd, ...] = CROWDS, *, kubernetes: Crowd | None = 
     table: list[Row] = []
     for crowd in crowds:
         table += comparison(crowd, {c: await run_one(crowd, c) for c in CONFIGURATIONS})
+        log(f"admission: the table so far\n{markdown_table(table)}")  # a long run's rows kept
     return table + await admission_k8s.run(kubernetes or admission_k8s.CROWD)
 
 
