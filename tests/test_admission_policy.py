@@ -18,7 +18,7 @@ from hub_resilience.hub.admission_policy import (
     AdmissionState,
     distress,
     expected_slot_wait,
-    expected_turn_wait,
+    expected_turn_window,
     initial_state,
     next_state,
     retry_after_range,
@@ -499,26 +499,43 @@ def test_retry_range_errors_name_the_argument(
         retry_after_range(wait, **kwargs)
 
 
-# --- expected_turn_wait ---------------------------------------------------------------------
+# --- expected_turn_window -------------------------------------------------------------------
 
 
-def test_turn_wait_with_a_queue_is_the_middle_of_the_queue_over_the_drain_rate() -> None:
+def test_turn_window_runs_from_the_next_slot_to_the_queue_drained() -> None:
     # 180 users refused within the last Retry-After; 2 slots free per second.
-    assert expected_turn_wait(1.0, waiting=180, slots_per_second=2.0) == pytest.approx(45.0)
+    assert expected_turn_window(1.0, waiting=180, slots_per_second=2.0) == (1.0, 90.0)
 
 
-def test_turn_wait_is_never_shorter_than_the_wait_for_a_slot() -> None:
+def test_turn_window_is_never_earlier_than_the_wait_for_a_slot() -> None:
     # A scale-up: no slot frees for two minutes, whatever the queue.
-    assert expected_turn_wait(120.0, waiting=30, slots_per_second=0.5) == 120.0
+    assert expected_turn_window(120.0, waiting=30, slots_per_second=0.5) == (120.0, 120.0)
     # Nobody refused, or nothing finishing: the slot wait alone.
-    assert expected_turn_wait(8.0, waiting=0, slots_per_second=2.0) == 8.0
-    assert expected_turn_wait(8.0, waiting=300, slots_per_second=0.0) == 8.0
+    assert expected_turn_window(8.0, waiting=0, slots_per_second=2.0) == (8.0, 8.0)
+    assert expected_turn_window(8.0, waiting=300, slots_per_second=0.0) == (8.0, 8.0)
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
-def test_turn_wait_refuses_bad_values(bad: float) -> None:
+def test_turn_window_refuses_bad_values(bad: float) -> None:
     with pytest.raises(ValueError, match="slots_per_second"):
-        expected_turn_wait(1.0, waiting=1.0, slots_per_second=bad)
+        expected_turn_window(1.0, waiting=1.0, slots_per_second=bad)
+
+
+def test_retry_range_spreads_a_queue_over_its_window() -> None:
+    # The queue above: Retry-After drawn from 1-90 s would bring back 2 users a second,
+    # as fast as slots free; the low bound keeps the first 5 s.
+    assert retry_after_range(1.0, latest=90.0) == (5, 90)
+    assert retry_after_range(100.0, latest=300.0) == (100, 300)
+    # A window narrower than the spread: centred on its middle, +-25%.
+    assert retry_after_range(100.0, latest=110.0) == (79, 131)
+    assert retry_after_range(100.0, latest=100.0) == retry_after_range(100.0) == (75, 125)
+    assert retry_after_range(100.0, latest=10_000.0) == (100, 600)
+
+
+@pytest.mark.parametrize("latest", [99.0, math.nan, math.inf])
+def test_retry_range_refuses_a_latest_before_the_wait(latest: float) -> None:
+    with pytest.raises(ValueError, match="^latest must"):
+        retry_after_range(100.0, latest=latest)
 
 
 def test_distress_with_no_spawn_pending_holds_the_limit() -> None:

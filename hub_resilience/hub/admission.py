@@ -31,7 +31,7 @@ from hub_resilience.hub.admission_policy import (
     AdmissionSignals,
     AdmissionState,
     expected_slot_wait,
-    expected_turn_wait,
+    expected_turn_window,
     initial_state,
     next_state,
     retry_after_range,
@@ -389,12 +389,14 @@ class AdmissionGovernor(LoggingConfigurable):
             [max(0.0, now - p.started) for p in pending], list(tracker.durations)
         )
         told = settings.get(RETRY_RANGE_SETTING) or (0, 0)
-        wait = expected_turn_wait(
+        soonest, latest = expected_turn_window(
             slot_wait,
             waiting=self._refused.within(now, told[1]),  # each retried within what it was told
             slots_per_second=tracker.slots_per_second(now),
         )
-        retry_range = retry_after_range(wait, low=self.retry_after_min, high=self.retry_after_max)
+        retry_range = retry_after_range(
+            soonest, latest=latest, low=self.retry_after_min, high=self.retry_after_max
+        )
         from hub_resilience.hub.metrics import record_admission  # only in the hub process
 
         settings[LIMIT_SETTING] = state.limit

@@ -359,25 +359,29 @@ def expected_slot_wait(
     return float(best)
 
 
-def expected_turn_wait(slot_wait: float, *, waiting: float, slots_per_second: float) -> float:
-    """Seconds a refused user is expected to wait for their turn, not just for the next slot.
+def expected_turn_window(
+    slot_wait: float, *, waiting: float, slots_per_second: float
+) -> tuple[float, float]:
+    """(soonest, latest) seconds until a refused user's turn, not just until the next slot.
 
     ``waiting``: the users refused recently (the spawns the hub refused within the last
     Retry-After it gave: each waiting user was refused about once in that time, and a new
-    arrival once too). On average one is in the middle of that queue, which drains at
-    ``slots_per_second`` (spawns ending per second). The answer is at least ``slot_wait``
-    (:func:`expected_slot_wait`): with a few users waiting, the next free slot is what
-    counts; with hundreds, telling each of them the time to the next slot would send them
-    all back for one slot. Clients that ignore Retry-After only make the queue look longer,
-    which makes the answer longer, not shorter. ValueError for negative or non-finite values.
+    arrival once too). The queue drains at ``slots_per_second`` (spawns ending per second):
+    the first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once
+    all of it has drained, ``waiting / slots_per_second``. Spreading the waiting users'
+    Retry-After over that window brings them back as fast as slots free: telling them all
+    the same wait would leave slots idle until then and send everybody back at once.
+    Clients that ignore Retry-After only make the queue look longer, which makes the window
+    longer, not shorter. ValueError for negative or non-finite values.
     """
     values = {"slot_wait": slot_wait, "waiting": waiting, "slots_per_second": slots_per_second}
     for name, value in values.items():
         if not _is_seconds(value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    slot_wait = float(slot_wait)
     if slots_per_second <= 0:
-        return float(slot_wait)
-    return float(max(slot_wait, waiting / 2 / slots_per_second))
+        return slot_wait, slot_wait
+    return slot_wait, float(max(slot_wait, waiting / slots_per_second))
 
 
 def _round(value: float) -> int:
@@ -386,18 +390,29 @@ def _round(value: float) -> int:
 
 
 def retry_after_range(
-    wait: float, *, low: float = 5.0, high: float = 600.0, spread: float = 0.25
+    wait: float,
+    *,
+    latest: float | None = None,
+    low: float = 5.0,
+    high: float = 600.0,
+    spread: float = 0.25,
 ) -> tuple[int, int]:
-    """JupyterHub's ``spawn_throttle_retry_range`` centred on ``wait``.
+    """JupyterHub's ``spawn_throttle_retry_range`` for a wait of ``wait`` seconds, or of
+    ``wait`` to ``latest`` (:func:`expected_turn_window`).
 
-    ``(wait * (1 - spread), wait * (1 + spread))`` rounded to whole seconds, clamped into
-    [low, high] and at least one second wide, so the ``int(random.uniform(lo, hi))`` the
-    hub sends as Retry-After is within ``spread`` of the wait unless a bound intervened.
-    ValueError for a negative or non-finite wait, low < 1, high <= low (or no whole-second
-    range between them) and a spread outside (0, 1).
+    Centred on the middle ``m`` of ``[wait, latest]``, ``m`` +- the larger of ``m * spread``
+    and half the window; rounded to whole seconds, clamped into [low, high] and at least one
+    second wide. The ``int(random.uniform(lo, hi))`` the hub sends as Retry-After is then
+    within ``spread`` of a single wait, and spreads a queue over its window, unless a bound
+    intervened. ValueError for a negative or non-finite wait, a latest below it, low < 1,
+    high <= low (or no whole-second range between them) and a spread outside (0, 1).
     """
     if not _is_seconds(wait):
         raise ValueError(f"wait must be finite seconds >= 0, got {wait!r}")
+    if latest is None:
+        latest = wait
+    if not (_is_seconds(latest) and latest >= wait):
+        raise ValueError(f"latest must be finite seconds >= wait ({wait!r}), got {latest!r}")
     if not (_is_number(low) and math.isfinite(low) and low >= 1):
         raise ValueError(f"low must be finite seconds >= 1, got {low!r}")
     if not (_is_number(high) and math.isfinite(high) and high > low):
@@ -409,8 +424,10 @@ def retry_after_range(
         raise ValueError(
             f"high must leave at least one whole second above low, got low={low!r}, high={high!r}"
         )
-    lo = max(bottom, min(top, _round(wait * (1 - spread))))
-    hi = max(bottom, min(top, _round(wait * (1 + spread))))
+    middle = (wait + latest) / 2
+    half = max(middle * spread, (latest - wait) / 2)
+    lo = max(bottom, min(top, _round(middle - half)))
+    hi = max(bottom, min(top, _round(middle + half)))
     if hi < lo + 1:
         if lo + 1 <= top:
             hi = lo + 1
