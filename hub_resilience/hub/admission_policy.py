@@ -370,7 +370,7 @@ def expected_turn_window(
     the first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once
     all of it has drained, ``waiting / slots_per_second``. Spreading the waiting users'
     Retry-After over that window is meant to bring them back as fast as slots have been
-    freeing, not all at once (docs/admission.md has what the benchmark showed).
+    freeing, not all at once (docs/benchmarks.md has what the benchmark showed).
     Clients that ignore Retry-After only make the queue look longer, which makes the window
     longer, not shorter. ValueError for negative or non-finite values.
     """
