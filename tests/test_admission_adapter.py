@@ -159,8 +159,9 @@ def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the
 
 def test_a_capacity_hold_is_logged_once_when_it_begins(caplog: pytest.LogCaptureFixture) -> None:
     """Holding is not a change, but an operator asking why the limit does not rise needs to
-    see it: one line when most pending spawns start waiting for nodes, not one per interval."""
-    governor = AdmissionGovernor()
+    see it: one line when most pending spawns start waiting for nodes, not one per interval.
+    Only a cluster that cannot grow holds (the default never does)."""
+    governor = AdmissionGovernor(capacity_wait_threshold=0.5)
     policy = governor.policy_settings(8)
     settings: dict[str, Any] = {"concurrent_spawn_limit": 8, "spawn_throttle_retry_range": (30, 60)}
     waiting = {i: user(FakeSpawner("spawn", at(time.time()), waiting_for_node=True))

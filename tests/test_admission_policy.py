@@ -26,6 +26,8 @@ from hub_resilience.hub.admission_policy import (
 
 R = AdmissionReason
 DEFAULTS = AdmissionSettings()
+#: A cluster that cannot grow: the limit is held while most pending spawns wait for a node.
+HOLDING = replace(DEFAULTS, capacity_wait_threshold=0.5)
 
 
 def calm(pending: int = 0, **overrides: Any) -> AdmissionSignals:
@@ -262,15 +264,27 @@ def test_distress_priority_order() -> None:
     ]
     fields = dict(everything)
     for expected, cure in zip(order, cured, strict=True):
-        assert distress(AdmissionSignals(**fields), DEFAULTS) is expected
+        assert distress(AdmissionSignals(**fields), HOLDING) is expected
         fields.update(cure)
-    assert distress(AdmissionSignals(**fields), DEFAULTS) is None
+    assert distress(AdmissionSignals(**fields), HOLDING) is None
+
+
+def test_by_default_the_limit_keeps_rising_while_pods_wait_for_nodes() -> None:
+    """A cluster autoscaler sizes its scale-up by the pods it sees pending: a limit that
+    keeps rising while they wait gets the whole burst its nodes in one scale-up, instead of
+    one limit's worth per node start-up."""
+    assert distress(calm(pending=100, waiting_for_capacity=100), DEFAULTS) is None
+    decisions = run(initial_state(DEFAULTS), [capacity_wait(pending=200)] * 8, DEFAULTS)
+    assert [d.state.limit for d in decisions] == [64, 68, 68, 72, 72, 76, 76, 80]
+    # Spawns that time out waiting still cut it.
+    failing = calm(pending=80, waiting_for_capacity=80, finished=10, failed=8)
+    assert next_state(decisions[-1].state, failing, DEFAULTS).state.limit == 56
 
 
 def test_capacity_wait_holds_the_limit_without_cutting_it() -> None:
-    """Pods waiting for nodes are what a cluster autoscaler sizes its scale-up by: fewer of
-    them would slow the scale-up down. The limit neither drops nor rises while they wait."""
-    settings = replace(DEFAULTS, start=100)
+    """On a cluster that cannot grow, admitting more spawns than it has room for only makes
+    them time out; fewer would slow a scale-up down. The limit neither drops nor rises."""
+    settings = replace(HOLDING, start=100)
     waits = [capacity_wait(pending=100)] * 30
     decisions = run(initial_state(settings), waits, settings)
     assert [d.state.limit for d in decisions] == [100] * 30
@@ -281,18 +295,18 @@ def test_capacity_wait_holds_the_limit_without_cutting_it() -> None:
 
 
 def test_capacity_wait_lets_a_cut_cool_down_and_failures_still_cut() -> None:
-    cut = next_state(initial_state(DEFAULTS), throttled(pending=64), DEFAULTS)
+    cut = next_state(initial_state(HOLDING), throttled(pending=64), HOLDING)
     assert (cut.state.limit, cut.state.cooldown) == (44, 2)
-    held = next_state(cut.state, capacity_wait(pending=44), DEFAULTS)
+    held = next_state(cut.state, capacity_wait(pending=44), HOLDING)
     assert (held.state.limit, held.state.cooldown, held.reason) == (44, 1, R.CAPACITY_WAIT)
     failing = calm(pending=44, waiting_for_capacity=40, finished=10, failed=8)
-    assert distress(failing, DEFAULTS) is R.FAILURES  # spawns timing out while they wait
+    assert distress(failing, HOLDING) is R.FAILURES  # spawns timing out while they wait
 
 
 def test_capacity_wait_needs_floor_pending_spawns() -> None:
-    assert distress(calm(pending=7, waiting_for_capacity=7), DEFAULTS) is None  # floor is 8
-    assert distress(calm(pending=8, waiting_for_capacity=5), DEFAULTS) is R.CAPACITY_WAIT
-    assert distress(calm(pending=8, waiting_for_capacity=4), DEFAULTS) is None  # half, not most
+    assert distress(calm(pending=7, waiting_for_capacity=7), HOLDING) is None  # floor is 8
+    assert distress(calm(pending=8, waiting_for_capacity=5), HOLDING) is R.CAPACITY_WAIT
+    assert distress(calm(pending=8, waiting_for_capacity=4), HOLDING) is None  # half, not most
 
 
 def test_failures_count_only_with_three_finished() -> None:
@@ -353,7 +367,8 @@ def test_out_of_range_state_is_clamped() -> None:
 
 
 def test_limit_always_within_bounds_over_a_sweep() -> None:
-    settings = AdmissionSettings(floor=5, ceiling=40, start=20, increase=7, cooldown_intervals=1)
+    settings = AdmissionSettings(floor=5, ceiling=40, start=20, increase=7, cooldown_intervals=1,
+                                 capacity_wait_threshold=0.5)
     kinds = [calm(pending=40), stall(), throttled(), capacity_wait(), calm(pending=3)]
     for sequence in itertools.product(kinds, repeat=5):
         for start in (1, 20, 999):
@@ -434,9 +449,24 @@ def test_slot_wait_uses_the_median_of_longer_durations_only() -> None:
     assert expected_slot_wait([30.0], [30.0, 50.0]) == pytest.approx(20.0)
 
 
+def test_slot_wait_for_pods_waiting_for_a_node_counts_the_oldest_only() -> None:
+    """Waiting pods are placed first come first served: the one that has waited longest
+    gets the next node. A young waiting pod is not about to finish because quick spawns
+    were quick: during the first scale-up of an event it would say "seconds" for minutes."""
+    quick = [20.0, 30.0, 35.0]
+    assert expected_slot_wait([], quick, waiting_ages=[5.0, 80.0, 2.0]) == pytest.approx(80.0)
+    assert expected_slot_wait([5.0, 80.0, 2.0], quick) == pytest.approx(25.0)  # had they a node
+    # A pod that has its node is still next when it is expected first.
+    assert expected_slot_wait([10.0], quick, waiting_ages=[80.0]) == pytest.approx(20.0)
+    # After a scale-up, its waits are in the history: the oldest waiting pod's remainder.
+    after = [20.0, 30.0, 150.0, 160.0, 170.0]
+    assert expected_slot_wait([], after, waiting_ages=[100.0, 40.0]) == pytest.approx(60.0)
+
+
 @pytest.mark.parametrize(
     ("ages", "durations", "kwargs", "name"),
     [
+        ([1.0], [10.0], {"waiting_ages": [-2.0]}, "waiting_ages"),
         ([-1.0], [10.0], {}, "pending_ages"),
         ([math.nan], [10.0], {}, "pending_ages"),
         ([1.0], [math.inf], {}, "recent_durations"),
@@ -503,8 +533,17 @@ def test_retry_range_errors_name_the_argument(
 
 
 def test_turn_window_runs_from_the_next_slot_to_the_queue_drained() -> None:
-    # 180 users refused within the last Retry-After; 2 slots free per second.
-    assert expected_turn_window(1.0, waiting=180, slots_per_second=2.0) == (1.0, 90.0)
+    # 100 users refused within the last Retry-After; 2 slots free per second.
+    assert expected_turn_window(1.0, waiting=100, slots_per_second=2.0) == (1.0, 50.0)
+
+
+def test_turn_window_ends_within_half_again_the_slot_wait_or_a_minute() -> None:
+    """Telling the last of a long queue to stay away for minutes leaves slots idle whenever
+    the queue drains faster than it did (a node arrives): the window ends no later than
+    JupyterHub's own 60 s, or half as long again as the wait for the next slot."""
+    assert expected_turn_window(1.0, waiting=180, slots_per_second=2.0) == (1.0, 60.0)
+    assert expected_turn_window(100.0, waiting=300, slots_per_second=0.1) == (100.0, 150.0)
+    assert expected_turn_window(30.0, waiting=300, slots_per_second=1.0) == (30.0, 60.0)
 
 
 def test_turn_window_is_never_earlier_than_the_wait_for_a_slot() -> None:

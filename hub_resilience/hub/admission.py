@@ -249,8 +249,9 @@ class AdmissionGovernor(LoggingConfigurable):
         config=True,
         help="""
         Share of pending spawns waiting for a node (scheduling, scale-up) above which the
-        limit is held: not raised, and not cut either (an autoscaler sizes its scale-up by
-        the pending pods).
+        limit is held: not raised, and not cut either. 1 (the default) never holds it, so a
+        cluster autoscaler, which sizes its scale-up by the pods it sees pending, sees the
+        whole burst; 0.5 suits a cluster that cannot grow.
         """,
     )
     failure_threshold = Float(
@@ -386,7 +387,9 @@ class AdmissionGovernor(LoggingConfigurable):
         signals: AdmissionSignals | None = None,
     ) -> None:
         slot_wait = expected_slot_wait(
-            [max(0.0, now - p.started) for p in pending], list(tracker.durations)
+            [max(0.0, now - p.started) for p in pending if not p.waiting_for_node],
+            list(tracker.durations),
+            waiting_ages=[max(0.0, now - p.started) for p in pending if p.waiting_for_node],
         )
         told = settings.get(RETRY_RANGE_SETTING) or (0, 0)
         soonest, latest = expected_turn_window(

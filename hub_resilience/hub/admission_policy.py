@@ -37,7 +37,7 @@ class AdmissionReason(LabelEnum):
     LOOP_STALLED = "loop_stalled"  # hub event loop lag above threshold
     K8S_SLOW = "k8s_slow"  # Kubernetes API latency above threshold
     K8S_THROTTLED = "k8s_throttled"  # share of Kubernetes API requests answered 429 too high
-    CAPACITY_WAIT = "capacity_wait"  # most admitted spawns wait for a node: held, not cut
+    CAPACITY_WAIT = "capacity_wait"  # most admitted spawns wait for a node: held
     FAILURES = "failures"  # share of finished spawns that failed above threshold
     HOLD = "hold"  # no change: not calm long enough, limit not binding, or cooling down
 
@@ -148,10 +148,13 @@ class AdmissionSettings:
     """Seconds of p90 Kubernetes API latency above which the API server is slow (> 0)."""
     k8s_throttled_threshold: float = 0.1
     """Share of Kubernetes API requests answered 429 above which it is throttling, in [0, 1]."""
-    capacity_wait_threshold: float = 0.5
-    """Share of pending spawns waiting for a node above which the limit is held (not raised:
-    more admitted spawns would only wait for nodes too, not cut: a cluster autoscaler sizes
-    its scale-up by the pending pods), in [0, 1]; considered only when pending >= floor."""
+    capacity_wait_threshold: float = 1.0
+    """Share of pending spawns waiting for a node above which the limit is held (neither
+    raised nor cut), in [0, 1]; considered only when pending >= floor. The default, 1, never
+    holds it: a cluster autoscaler sizes its scale-up by the pods it sees pending, so a limit
+    that keeps rising while pods wait for nodes gets the whole burst its nodes at once. A
+    cluster that cannot grow wants a hold (0.5): spawns admitted there wait for someone
+    else's server to stop."""
     failure_threshold: float = 0.5
     """Share of finished spawns that failed above which spawning is in trouble, in [0, 1];
     considered only when at least 3 spawns finished."""
@@ -286,12 +289,12 @@ def next_state(
 
     Distress cuts the limit by ``decrease`` (at least by 1, never below the floor) unless a
     previous cut is still cooling down, so one episode is not punished once per interval
-    before the last cut has had an effect. A capacity wait only holds it (reason
-    CAPACITY_WAIT, no change): the spawns waiting for nodes are what an autoscaler sizes its
-    scale-up by, and spawns that then fail are the FAILURES signal. So does distress while no
-    spawn is pending: admission is not what loads the hub or the API server then. Calm raises it by
-    ``increase`` only after ``calm_intervals`` calm intervals in a row and only while pending
-    spawns fill ``binding_share`` of it.
+    before the last cut has had an effect. A capacity wait (``capacity_wait_threshold``) only
+    holds it (reason CAPACITY_WAIT, no change): the spawns waiting for nodes are what an
+    autoscaler sizes its scale-up by, and spawns that then fail are the FAILURES signal. So
+    does distress while no spawn is pending: admission is not what loads the hub or the API
+    server then. Calm raises it by ``increase`` only after ``calm_intervals`` calm intervals
+    in a row and only while pending spawns fill ``binding_share`` of it.
     """
     previous = state.limit
     limit = settings.clamp(previous)
@@ -326,30 +329,39 @@ def _check_seconds(name: str, values: Sequence[float]) -> None:
 
 
 def expected_slot_wait(
-    pending_ages: Sequence[float], recent_durations: Sequence[float], *, default: float = 30.0
+    pending_ages: Sequence[float],
+    recent_durations: Sequence[float],
+    *,
+    waiting_ages: Sequence[float] = (),
+    default: float = 30.0,
 ) -> float:
     """Seconds until the first admitted spawn is expected to finish, freeing a slot.
 
-    ``pending_ages``: how long each pending spawn has been running; ``recent_durations``: how
-    long recently finished spawns took (ready or failed), scale-up waits included. A spawn
-    of age ``a`` is one of the slow ones, so its remaining time is the median of the recent
-    durations longer than ``a``, minus ``a``; one that has outlived them all is overdue and
-    expected in ``max(a, 1.0)`` (as long again). The answer is the minimum over pending spawns; with
-    none pending, what a spawn starting now takes (the median of the recent durations); with
-    no history, ``default``. ValueError for negative or non-finite values.
+    ``pending_ages``: how long each pending spawn whose pod has a node (or needs none) has
+    been running; ``waiting_ages``: the same for those whose pod waits for a node;
+    ``recent_durations``: how long recently finished spawns took (ready or failed), scale-up
+    waits included. A spawn of age ``a`` is one of the slow ones, so its remaining time is
+    the median of the recent durations longer than ``a``, minus ``a``; one that has outlived
+    them all is overdue and expected in ``max(a, 1.0)`` (as long again). Pods waiting for a
+    node are placed first come first served, so of those only the oldest can be next. The
+    answer is the minimum over the spawns that can be next; with none pending, what a spawn
+    starting now takes (the median of the recent durations); with no history, ``default``.
+    ValueError for negative or non-finite values.
     """
     _check_seconds("pending_ages", pending_ages)
+    _check_seconds("waiting_ages", waiting_ages)
     _check_seconds("recent_durations", recent_durations)
     if not _is_seconds(default):
         raise ValueError(f"default must be finite seconds >= 0, got {default!r}")
     if not recent_durations:
         return float(default)
-    if not pending_ages:
+    candidates = list(pending_ages) + ([max(waiting_ages)] if waiting_ages else [])
+    if not candidates:
         # The next 429 comes once spawns are pending: they will take about this long.
         return float(statistics.median(recent_durations))
     durations = sorted(recent_durations)
     best = math.inf
-    for age in pending_ages:
+    for age in candidates:
         longer = [d for d in durations if d > age]
         if longer:
             remaining = statistics.median(longer) - age
@@ -357,6 +369,13 @@ def expected_slot_wait(
             remaining = max(age * _OVERDUE_SHARE, _OVERDUE_MIN)
         best = min(best, remaining)
     return float(best)
+
+
+#: The latest turn a refused user is told is at most this many times the wait for the next
+#: slot, or JupyterHub's own latest Retry-After (60 s) if that is later: an overestimate
+#: leaves slots idle while the users who would fill them stay away.
+TURN_STRETCH = 1.5
+TURN_HORIZON = 60.0
 
 
 def expected_turn_window(
@@ -368,11 +387,12 @@ def expected_turn_window(
     Retry-After it gave: each waiting user was refused about once in that time, and a new
     arrival once too). The queue drains at ``slots_per_second`` (spawns ending per second):
     the first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once
-    all of it has drained, ``waiting / slots_per_second``. Spreading the waiting users'
-    Retry-After over that window is meant to bring them back as fast as slots have been
-    freeing, not all at once (docs/benchmarks.md has what the benchmark showed).
-    Clients that ignore Retry-After only make the queue look longer, which makes the window
-    longer, not shorter. ValueError for negative or non-finite values.
+    all of it has drained, ``waiting / slots_per_second``, but never later than
+    ``max(TURN_STRETCH * slot_wait, TURN_HORIZON)``. Spreading the waiting users'
+    Retry-After over that window brings them back a few at a time while slots free often,
+    instead of all at once; during a scale-up (no slot frees for long) it stays close to the
+    wait for the node. Clients that ignore Retry-After only make the queue look longer.
+    ValueError for negative or non-finite values.
     """
     values = {"slot_wait": slot_wait, "waiting": waiting, "slots_per_second": slots_per_second}
     for name, value in values.items():
@@ -381,7 +401,8 @@ def expected_turn_window(
     slot_wait = float(slot_wait)
     if slots_per_second <= 0:
         return slot_wait, slot_wait
-    return slot_wait, float(max(slot_wait, waiting / slots_per_second))
+    cap = max(TURN_STRETCH * slot_wait, TURN_HORIZON)
+    return slot_wait, float(max(slot_wait, min(cap, waiting / slots_per_second)))
 
 
 def _round(value: float) -> int:
