@@ -10,6 +10,7 @@ the hub's Retry-After, and give up after ``PATIENCE`` seconds. docs/benchmarks.m
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -102,6 +103,17 @@ class Outcome:
     report: LoadReport
     hub_cpu: float
     samples: list[Sample]
+    ready_after: tuple[float, ...] = ()
+    """Every user's time until ready (s), infinite for a user who never got a server."""
+
+    def time_to_ready(self, q: int) -> float:
+        """Percentile ``q`` (nearest rank) of the time until ready over *all* users: a limit
+        that turns users away cannot look fast by timing only those it served. Infinite
+        when the user at that rank never got a server; NaN without users."""
+        times = sorted(self.ready_after)
+        if not times:
+            return float("nan")
+        return times[max(0, math.ceil(q / 100 * len(times)) - 1)]
 
     def honesty(self) -> tuple[float, float, int]:
         """(median suggested Retry-After / wait for a free slot, share within +-50%,
@@ -168,12 +180,15 @@ async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
     cpu = hub_cpu_seconds(hub)
     samples: list[Sample] = []
     sampler = asyncio.ensure_future(sample(hub, time.monotonic(), samples))
+    simulation = Simulation(hub.url, hub.token, plan, api_url=hub.api_url)
     try:
-        report = await Simulation(hub.url, hub.token, plan, api_url=hub.api_url).run()
+        report = await simulation.run()
     finally:
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
-    outcome = Outcome(report, hub_cpu_seconds(hub) - cpu, samples)
+    ready_after = tuple(math.inf if o.ready_after is None else o.ready_after
+                        for o in simulation.outcomes)
+    outcome = Outcome(report, hub_cpu_seconds(hub) - cpu, samples, ready_after)
     hub_figures = "hub metrics unreadable"
     if report.hub is not None:
         loop = report.hub.loop_interval_p99
@@ -182,7 +197,9 @@ async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
     ratio, within, seconds = outcome.honesty()
     log(f"admission: {label}: ready {report.ready}/{crowd.users}, "
         f"{report.failed} without a server ({report.failures}), "
-        f"p50 {p(report, 50):.0f}s p99 {p(report, 99):.0f}s, {hub_figures}, "
+        f"p50 {p(report, 50):.0f}s p99 {p(report, 99):.0f}s of those served, over all users "
+        f"p50 {outcome.time_to_ready(50):.0f}s p99 {outcome.time_to_ready(99):.0f}s, "
+        f"{hub_figures}, "
         f"{outcome.hub_cpu:.0f} hub CPU s; Retry-After / wait during scale-ups: median "
         f"{ratio:.2f}, {within:.0%} within ±50% ({seconds} s)")
     return outcome
@@ -208,8 +225,12 @@ def rows(title: str, baseline: Configuration, static: Outcome, ours: Outcome) ->
         return hub.loop_interval_p99 * 1000
 
     return [
-        Row(comparison, "time until ready, p50 (s)", p(s, 50), p(o, 50), "lower"),
-        Row(comparison, "time until ready, p99 (s)", p(s, 99), p(o, 99), "lower"),
+        Row(comparison, "time until ready, p50 of all users (s)", static.time_to_ready(50),
+            ours.time_to_ready(50), "lower"),
+        Row(comparison, "time until ready, p99 of all users (s)", static.time_to_ready(99),
+            ours.time_to_ready(99), "lower"),
+        Row(comparison, "time until ready, p50 of the users served (s)", p(s, 50), p(o, 50),
+            "lower"),
         Row(comparison, "users who got no server", s.failed, o.failed, "lower", 0),
         Row(comparison, "failed spawns (the hub's count)",
             s.hub.spawn_failures if s.hub else nan, o.hub.spawn_failures if o.hub else nan,

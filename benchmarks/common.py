@@ -41,14 +41,17 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        """ours / baseline (None when the baseline is zero or either was not measured)."""
-        if self.baseline == 0 or math.isnan(self.baseline) or math.isnan(self.ours):
+        """ours / baseline (None when the baseline is zero, either was not measured, or
+        either is infinite: "never")."""
+        values = (self.baseline, self.ours)
+        if self.baseline == 0 or not all(math.isfinite(v) for v in values):
             return None
         return self.ours / self.baseline
 
 
 def _number(value: float, digits: int) -> str:
-    return f"{value:,.{digits}f}"
+    # An infinite time is a user who never got there (a percentile among users without one).
+    return "never" if value == math.inf else f"{value:,.{digits}f}"
 
 
 def format_ratio(ratio: float) -> str:

@@ -25,3 +25,11 @@ def test_markdown_table_has_one_line_per_row_and_says_which_way_is_better() -> N
     assert len(lines) == 4
     assert lines[2] == "| storm | hub CPU seconds | 24.01 | 0.02 | 0.00083× (lower is better) |"
     assert lines[3].endswith("| 0 | 0 | n/a |")
+
+
+def test_an_infinite_time_reads_never_and_has_no_ratio() -> None:
+    row = Row("burst", "time until ready, p99 (s)", float("inf"), 385.0, "lower", 0)
+    assert row.ratio is None
+    assert markdown_table([row]).splitlines()[2] == (
+        "| burst | time until ready, p99 (s) | never | 385 | n/a |"
+    )

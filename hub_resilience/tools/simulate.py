@@ -241,6 +241,8 @@ class Simulation:
         self._quiet = logging.getLogger(f"{__name__}.users")
         if self._quiet.level == logging.NOTSET:
             self._quiet.setLevel(logging.ERROR)
+        #: Each user's outcome, once run() has them (a benchmark's percentiles over them).
+        self.outcomes: list[UserOutcome] = []
         self._ready = 0
         self._failed = 0
         self._left = 0  # ready users who have finished (held, stopped, closed their tab)
@@ -308,6 +310,7 @@ class Simulation:
             try:
                 users = zip(names, offsets, strict=True)
                 outcomes = await asyncio.gather(*(self._user(setup, n, o) for n, o in users))
+                self.outcomes = list(outcomes)
             finally:
                 if reporter is not None and on_progress is not None:
                     reporter.cancel()
