@@ -51,6 +51,7 @@ exec(compile(open({dropin!r}).read(), {dropin!r}, "exec"))
 """
 
 HUB_METRICS_HANDLER = "jupyterhub.handlers.metrics.MetricsHandler"
+NAVIGATION = 302  # what the handler answers a browser navigation: a redirect to the hub
 BROWSER = {
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     "Sec-Fetch-Mode": "navigate",
@@ -247,15 +248,58 @@ async def assert_storm_answered_by_service(
     hub_after = await hub_request_count(hub)
     counted_after = await stopped_responses(port)
 
+    # Navigations are sent to the hub (302); following them is the browser's next request,
+    # not part of the storm the handler takes off the hub.
+    expected = {kind: NAVIGATION if kind == "page" else 424 for kind in by_kind}
     assert {kind: set(codes) for kind, codes in by_kind.items()} == {
-        kind: {424} for kind in by_kind
+        kind: {status} for kind, status in expected.items()
     }
     assert hub_after == hub_before, "requests for stopped servers reached the hub"
     assert marker not in hub.log_text()
     for kind, codes in by_kind.items():
-        delta = counted_after.get((kind, "424"), 0) - counted_before.get((kind, "424"), 0)
+        label = (kind, str(expected[kind]))
+        delta = counted_after.get(label, 0) - counted_before.get(label, 0)
         assert delta == len(codes), (kind, delta, len(codes))
     return by_kind
+
+
+async def user_token(client: HubClient, name: str) -> str:
+    """A token of user ``name``, so a test browser is logged in as that user."""
+    response = await client.request(
+        "POST", f"/users/{name}/tokens", body={"note": "test browser"}, retry_safe=False
+    )
+    return response.json()["token"]
+
+
+async def assert_navigations_end_where_the_hub_sends_them(
+    hub: RunningHub, client: HubClient
+) -> None:
+    """bob (named servers on, his default server stopped) follows an nbgitpuller link, a
+    code-server link and a JupyterLab link: each ends at the hub's own "not running" page for
+    his default server (the hub looked his servers up), and no named server is created."""
+    browser = {**BROWSER, "Authorization": f"token {await user_token(client, 'bob')}"}
+    before = sorted((await client.get_json("/users/bob", {"include_stopped_servers": "1"}))
+                    ["servers"])
+    links = (
+        "/user/bob/git-pull?repo=https%3A%2F%2Fgithub.com%2Fx%2Fy&urlpath=lab%2Ftree%2Fy",
+        "/user/bob/code-server/",
+        "/user/bob/lab",
+    )
+    for link in links:
+        first = await fetch(hub.url + link, headers=browser)
+        assert (first.code, first.headers["Location"]) == (NAVIGATION, "/hub" + link), link
+        landed = await fetch(hub.url + link, headers=browser, follow_redirects=True,
+                             max_redirects=5)
+        assert landed.code == 424, (link, landed.code)  # the hub's not_running page
+        assert landed.headers["Content-Type"].startswith("text/html"), link
+        assert landed.effective_url == hub.url + "/hub" + link, link
+        page = landed.body.decode()
+        assert "/hub/spawn/bob" in page, link
+        assert "/hub/spawn/bob/git-pull" not in page and "/hub/spawn/bob/code-server" not in page
+    after = sorted((await client.get_json("/users/bob", {"include_stopped_servers": "1"}))
+                   ["servers"])
+    assert after == before, "following a link created a named server"
+    assert "Traceback" not in hub.log_text()
 
 
 async def assert_running_servers_reached(hub: RunningHub) -> None:
@@ -293,20 +337,21 @@ async def test_storm_for_stopped_servers_never_reaches_the_hub(service_port: int
         by_kind = await assert_storm_answered_by_service(hub, service_port, rounds=100)
         assert sum(map(len, by_kind.values())) == 520
 
-        # What the answers say: JSON with the spawn URL, a page linking to the spawn page.
-        api = await fetch(f"{hub.url}/user/frank/gpu/api/kernels")
-        assert json.loads(api.body)["spawn_url"] == "/hub/spawn/frank/gpu"
+        # What the answers say: JSON with the spawn URL (the hub's home page where the path
+        # may name a server: the handler never guesses one), navigations sent to the hub.
+        api = await fetch(f"{hub.url}/user/bob/api/kernels")
+        assert json.loads(api.body)["spawn_url"] == "/hub/spawn/bob"
+        named = await fetch(f"{hub.url}/user/frank/gpu/api/kernels")
+        assert json.loads(named.body)["spawn_url"] == "/hub/home"
         assert api.headers["Cache-Control"] == "no-store"
-        page = await fetch(f"{hub.url}/user/dave/lab/tree/x.ipynb", headers=BROWSER)
-        assert page.code == 424 and page.headers["Content-Type"].startswith("text/html")
-        assert 'href="/hub/spawn/dave?next=%2Fuser%2Fdave%2Flab%2Ftree%2Fx.ipynb"' in (
-            page.body.decode()
-        )
+        page = await fetch(f"{hub.url}/user/dave/lab/tree/x.ipynb?r=1", headers=BROWSER)
+        assert page.code == NAVIGATION
+        assert page.headers["Location"] == "/hub/user/dave/lab/tree/x.ipynb?r=1"
         await create_users(client, ["eve<b>"])
         evil = await fetch(f"{hub.url}/user/eve%3Cb%3E/lab", headers=BROWSER)
-        assert evil.code == 424
-        assert b"eve&lt;b&gt;" in evil.body and b"eve<b>" not in evil.body
+        assert (evil.code, evil.headers["Location"]) == (NAVIGATION, "/hub/user/eve%3Cb%3E/lab")
 
+        await assert_navigations_end_where_the_hub_sends_them(hub, client)
         await assert_running_servers_reached(hub)
 
         # The route survives the hub's periodic check, and is put back if it goes missing.

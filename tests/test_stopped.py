@@ -39,25 +39,27 @@ BROWSER = {
 @pytest.mark.parametrize(
     ("path", "settings", "expected"),
     [
-        ("/user/alice/lab", StoppedSettings(), ("alice", "", ["lab"])),
-        ("/user/alice", StoppedSettings(), ("alice", "", [])),
-        ("/user/alice/", StoppedSettings(), ("alice", "", [""])),
-        ("/user/alice/gpu/lab", StoppedSettings(), ("alice", "", ["gpu", "lab"])),
-        ("/user/alice/gpu/lab", NAMED, ("alice", "gpu", ["lab"])),
-        ("/user/alice/gpu", NAMED, ("alice", "gpu", [])),
-        ("/user/alice/lab/tree", NAMED, ("alice", "", ["lab", "tree"])),
-        ("/user/alice/api/kernels", NAMED, ("alice", "", ["api", "kernels"])),
-        ("/user/alice/", NAMED, ("alice", "", [""])),
-        ("/user/a%40b.c%2Fd/x%20y/api", NAMED, ("a@b.c/d", "x y", ["api"])),
-        ("/jh/user/bob/tree", StoppedSettings(base_url="/jh/"), ("bob", "", ["tree"])),
+        ("/user/alice/lab", StoppedSettings(), ("alice", ["lab"], True)),
+        ("/user/alice", StoppedSettings(), ("alice", [], True)),
+        ("/user/alice/", StoppedSettings(), ("alice", [""], True)),
+        ("/user/alice/gpu/lab", StoppedSettings(), ("alice", ["gpu", "lab"], True)),
+        # With named servers on, only the hub knows whether "gpu" or "git-pull" is a server.
+        ("/user/alice/gpu/lab", NAMED, ("alice", ["gpu", "lab"], False)),
+        ("/user/alice/git-pull", NAMED, ("alice", ["git-pull"], False)),
+        ("/user/alice/lab/tree", NAMED, ("alice", ["lab", "tree"], True)),
+        ("/user/alice/api/kernels", NAMED, ("alice", ["api", "kernels"], True)),
+        ("/user/alice/", NAMED, ("alice", [""], True)),
+        ("/user/alice", NAMED, ("alice", [], True)),
+        ("/user/a%40b.c%2Fd/x%20y/api", NAMED, ("a@b.c/d", ["x%20y", "api"], False)),
+        ("/jh/user/bob/tree", StoppedSettings(base_url="/jh/"), ("bob", ["tree"], True)),
     ],
 )
 def test_parse_server_path(
-    path: str, settings: StoppedSettings, expected: tuple[str, str, list[str]]
+    path: str, settings: StoppedSettings, expected: tuple[str, list[str], bool]
 ) -> None:
     found = parse_server_path(path, settings)
     assert found is not None
-    assert (found.user, found.server, found.rest) == expected
+    assert (found.user, found.rest, found.default_server) == expected
 
 
 @pytest.mark.parametrize(
@@ -82,8 +84,8 @@ def test_settings_refuse_bad_values() -> None:
 
 # -- what kind of request it is -------------------------------------------------------------
 
-ALICE = ServerPath("alice", "", ["lab"])
-ALICE_API = ServerPath("alice", "", ["api", "kernels"])
+ALICE = ServerPath("alice", ["lab"])
+ALICE_API = ServerPath("alice", ["api", "kernels"])
 
 
 @pytest.mark.parametrize(
@@ -122,60 +124,69 @@ def test_classify(
 @pytest.mark.parametrize("status", [424, 503, 404])
 def test_api_answer_is_the_hubs_json_with_the_configured_status(status: int) -> None:
     settings = StoppedSettings(status=status, named_servers=True)
-    answer = decide("GET", "/user/alice/gpu/api/kernels", "/user/alice/gpu/api/kernels?x=1",
-                    {}, settings)
+    answer = decide("GET", "/user/alice/api/kernels", "/user/alice/api/kernels?x=1", {}, settings)
     assert (answer.kind, answer.status) == (Kind.API, status)
     assert answer.content_type == "application/json"
     assert answer.headers["Cache-Control"] == "no-store"
+    assert "Connection" not in answer.headers  # API polls keep their keep-alive connection
     body = json.loads(answer.body)
     assert body == {
         "status": status,
-        "message": "JupyterHub server no longer running at /user/alice/gpu/api/kernels. "
-        "Restart the server at /hub/spawn/alice/gpu",
-        "spawn_url": "/hub/spawn/alice/gpu",
+        "message": "JupyterHub server no longer running at /user/alice/api/kernels. "
+        "Restart the server at /hub/spawn/alice",
+        "spawn_url": "/hub/spawn/alice",
     }
 
 
-def test_page_links_to_the_spawn_page_and_back() -> None:
-    answer = decide("GET", "/user/alice/lab/tree/a.ipynb", "/user/alice/lab/tree/a.ipynb?r=1",
-                    BROWSER, StoppedSettings())
-    assert (answer.kind, answer.status) == (Kind.PAGE, 424)
-    assert answer.content_type.startswith("text/html")
+def test_a_path_that_may_name_a_server_points_to_the_hub_home_not_a_guessed_spawn() -> None:
+    for path in ("/user/alice/gpu/api/kernels", "/user/alice/git-pull/api/x"):
+        answer = decide("GET", path, path, {}, NAMED)
+        assert json.loads(answer.body)["spawn_url"] == "/hub/home", path
+    script = decide("GET", "/user/alice/code-server/app.js", "/user/alice/code-server/app.js",
+                    {"Sec-Fetch-Dest": "script"}, NAMED)
+    assert script.body == b"A server of user 'alice' is not running.\n"
+
+
+@pytest.mark.parametrize(
+    ("settings", "path", "uri", "location"),
+    [
+        (StoppedSettings(), "/user/alice/lab/tree/a.ipynb", "/user/alice/lab/tree/a.ipynb?r=1",
+         "/hub/user/alice/lab/tree/a.ipynb?r=1"),
+        (NAMED, "/user/alice/git-pull", "/user/alice/git-pull?repo=https%3A%2F%2Fx&urlpath=lab",
+         "/hub/user/alice/git-pull?repo=https%3A%2F%2Fx&urlpath=lab"),
+        (NAMED, "/user/alice/code-server/", "/user/alice/code-server/",
+         "/hub/user/alice/code-server/"),
+        (StoppedSettings(base_url="/jh/", named_servers=True), "/jh/user/bob/gpu/lab",
+         "/jh/user/bob/gpu/lab", "/jh/hub/user/bob/gpu/lab"),
+        # Names stay escaped as they came; the target is always a path under the hub.
+        (NAMED, "/user/%3Cscript%3E/x%22y/lab", "/user/%3Cscript%3E/x%22y/lab",
+         "/hub/user/%3Cscript%3E/x%22y/lab"),
+        (StoppedSettings(), "/user/alice", "https://evil.example/", "/hub/user/alice"),
+    ],
+)
+def test_a_navigation_is_sent_to_the_hub(
+    settings: StoppedSettings, path: str, uri: str, location: str
+) -> None:
+    answer = decide("GET", path, uri, BROWSER, settings)
+    assert (answer.kind, answer.status) == (Kind.PAGE, 302)
+    assert answer.headers["Location"] == location
     assert answer.headers["Cache-Control"] == "no-store"
-    assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
-    page = answer.body.decode()
-    assert "not running" in page
-    assert 'href="/hub/spawn/alice?next=%2Fuser%2Falice%2Flab%2Ftree%2Fa.ipynb%3Fr%3D1"' in page
-    assert 'href="/hub/home"' in page
-    assert "<script" not in page
-    assert len(answer.body) < 2000
+    assert settings.status_of(Kind.PAGE) == 302
 
 
-def test_page_for_a_named_server_under_a_base_url() -> None:
-    settings = StoppedSettings(base_url="/jh/", named_servers=True)
-    answer = decide("GET", "/jh/user/bob/gpu/lab", "/jh/user/bob/gpu/lab", BROWSER, settings)
-    page = answer.body.decode()
-    assert 'href="/jh/hub/spawn/bob/gpu?next=%2Fjh%2Fuser%2Fbob%2Fgpu%2Flab"' in page
-    assert 'href="/jh/hub/home"' in page
-    assert "<strong>gpu</strong>" in page and "<strong>bob</strong>" in page
+def test_a_refused_websocket_upgrade_closes_its_connection() -> None:
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    answer = decide("GET", "/user/alice/api/kernels/k/channels",
+                    "/user/alice/api/kernels/k/channels", headers, StoppedSettings())
+    assert (answer.kind, answer.status) == (Kind.WEBSOCKET, 424)
+    assert answer.headers["Connection"] == "close"
 
 
-def test_names_are_escaped_in_the_page_and_the_links() -> None:
-    path = "/user/%3Cscript%3Ealert(1)%3C%2Fscript%3E/x%22onload%3D%22y/lab"
-    answer = decide("GET", path, path, BROWSER, NAMED)
-    page = answer.body.decode()
-    assert "<script>" not in page and '"onload="' not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "x&quot;onload=&quot;y" in page
-    assert 'href="/hub/spawn/%3Cscript%3Ealert%281%29%3C%2Fscript%3E/x%22onload%3D%22y?' in page
-
-
-def test_spawn_url_escapes_like_jupyterhub_and_keeps_next_local() -> None:
-    settings = StoppedSettings()
-    who = ServerPath("a@b c", "", [])
-    assert spawn_url(settings, who, None) == "/hub/spawn/a@b%20c"
-    # `next` is only ever the request itself (under the user prefix), never elsewhere.
-    assert spawn_url(settings, who, "https://evil.example/") == "/hub/spawn/a@b%20c"
+def test_spawn_url_escapes_like_jupyterhub() -> None:
+    assert spawn_url(StoppedSettings(), ServerPath("a@b c", [])) == "/hub/spawn/a@b%20c"
+    assert spawn_url(StoppedSettings(base_url="/jh/"), ServerPath("x/y", [])) == (
+        "/jh/hub/spawn/x%2Fy"
+    )
 
 
 def test_sub_resources_get_plain_text_and_unknown_paths_404() -> None:
@@ -232,35 +243,77 @@ def counted(kind: str, status: str = "424") -> float:
 
 async def test_handler_answers_every_kind_and_counts_it(service: ResilienceService) -> None:
     base = f"http://127.0.0.1:{service.port}"
-    kinds = (Kind.API, Kind.XHR, Kind.JSON, Kind.PAGE, Kind.RESOURCE, Kind.WEBSOCKET)
-    before = {kind: counted(kind) for kind in kinds}
-    before_invalid = counted(Kind.INVALID, "404")
+    statuses = {Kind.API: "424", Kind.XHR: "424", Kind.JSON: "424", Kind.PAGE: "302",
+                Kind.RESOURCE: "424", Kind.WEBSOCKET: "424", Kind.INVALID: "404"}
+    before = {kind: counted(kind, status) for kind, status in statuses.items()}
 
     api = await fetch(f"{base}/user/alice/api/kernels")
     xhr = await fetch(f"{base}/user/alice/lab/workspaces",
                       headers={"X-Requested-With": "XMLHttpRequest"})
     as_json = await fetch(f"{base}/user/alice/tree", headers={"Accept": "application/json"})
-    page = await fetch(f"{base}/user/alice/gpu/lab", headers=BROWSER)
-    head = await fetch(f"{base}/user/alice/lab", method="HEAD", headers=BROWSER)
+    page = await fetch(f"{base}/user/alice/gpu/lab?x=1", headers=BROWSER, follow_redirects=False)
+    head = await fetch(f"{base}/user/alice/lab", method="HEAD", headers=BROWSER,
+                       follow_redirects=False)
     script = await fetch(f"{base}/user/alice/static/x.js", headers={"Sec-Fetch-Dest": "script"})
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(f"ws://127.0.0.1:{service.port}/user/alice/api/kernels/k/channels")
     invalid = await fetch(f"{base}/user/")
 
-    assert [r.code for r in (api, xhr, as_json, page, head, script)] == [424] * 6
+    assert [r.code for r in (api, xhr, as_json, script)] == [424] * 4
+    assert (page.code, head.code) == (302, 302)
+    assert page.headers["Location"] == "/hub/user/alice/gpu/lab?x=1"
+    assert head.headers["Location"] == "/hub/user/alice/lab"
     assert refused.value.code == 424
     assert invalid.code == 404
     assert json.loads(api.body)["spawn_url"] == "/hub/spawn/alice"
-    assert b"/hub/spawn/alice/gpu?next=" in page.body
     assert head.body == b""
     assert {r.headers["Cache-Control"] for r in (api, xhr, as_json, page, head, script)} == {
         "no-store"
     }
-    expected = {
-        Kind.API: 1, Kind.XHR: 1, Kind.JSON: 1, Kind.PAGE: 2, Kind.RESOURCE: 1, Kind.WEBSOCKET: 1
-    }
-    assert {kind: counted(kind) - before[kind] for kind in expected} == expected
-    assert counted(Kind.INVALID, "404") - before_invalid == 1
+    expected = {Kind.API: 1, Kind.XHR: 1, Kind.JSON: 1, Kind.PAGE: 2, Kind.RESOURCE: 1,
+                Kind.WEBSOCKET: 1, Kind.INVALID: 1}
+    assert {kind: counted(kind, statuses[kind]) - before[kind] for kind in expected} == expected
+
+
+async def raw_exchange(port: int, request: bytes) -> tuple[bytes, bool]:
+    """Send ``request`` on a new connection; the response, and whether the service closed
+    the connection after it (the read ends instead of waiting for more)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        try:
+            rest = await asyncio.wait_for(reader.read(1), 5)
+        except asyncio.TimeoutError:
+            return head, False  # still open
+        return head, rest == b""
+    finally:
+        writer.close()
+
+
+async def test_refused_upgrades_close_the_connection_and_polls_keep_it(
+    service: ResilienceService,
+) -> None:
+    upgrade = (
+        b"GET /user/alice/api/kernels/k/channels HTTP/1.1\r\nHost: x\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    head, closed = await raw_exchange(service.port, upgrade)
+    assert head.startswith(b"HTTP/1.1 424 ")
+    assert b"\r\nConnection: close\r\n" in head
+    assert closed, "the refused upgrade's connection was left open"
+
+    poll = b"GET /user/alice/api/status HTTP/1.1\r\nHost: x\r\n\r\n"
+    head, closed = await raw_exchange(service.port, poll)
+    assert head.startswith(b"HTTP/1.1 424 ")
+    assert not closed  # an API poll keeps its keep-alive connection
 
 
 async def test_large_bodies_are_dropped_unread(service: ResilienceService) -> None:
@@ -279,7 +332,8 @@ async def test_health_and_metrics(service: ResilienceService) -> None:
     assert health["culler"] is None and health["orphaned"] is False
     assert health["stopped_status"] == 424
     metrics = (await fetch(f"{base}/metrics")).body.decode()
-    assert 'hub_resilience_stopped_server_responses_total{kind="page",status="424"}' in metrics
+    assert 'hub_resilience_stopped_server_responses_total{kind="page",status="302"}' in metrics
+    assert 'hub_resilience_stopped_server_responses_total{kind="api",status="424"}' in metrics
     assert "hub_resilience_service_orphaned 0.0" in metrics
     other = await fetch(f"{base}/somewhere")
     assert other.code == 404

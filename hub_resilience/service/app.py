@@ -204,9 +204,9 @@ class ResilienceService(LoggingConfigurable):
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; returns after a clean shutdown."""
-        status = str(self.stopped_status)
+        settings = self.stopped_settings
         for kind in StoppedKind:  # every series exists from the start, at 0
-            STOPPED_SERVER_RESPONSES.labels(kind, "404" if kind == StoppedKind.INVALID else status)
+            STOPPED_SERVER_RESPONSES.labels(kind, str(settings.status_of(kind)))
         SERVICE_ORPHANED.set(0)
         if self._server is None:
             self.listen()

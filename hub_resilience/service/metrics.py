@@ -39,7 +39,7 @@ class StoppedKind(LabelEnum):
     XHR = "xhr"  # X-Requested-With: XMLHttpRequest
     WEBSOCKET = "websocket"  # an Upgrade: websocket request
     JSON = "json"  # Accept prefers application/json
-    PAGE = "page"  # a browser navigation: answered with the static "not running" page
+    PAGE = "page"  # a browser navigation: redirected (302) to the hub, which knows the user
     RESOURCE = "resource"  # a sub-resource (script, image...): a plain-text answer
     INVALID = "invalid"  # no user name in the path: 404
 

@@ -1,27 +1,30 @@
 """The stopped-server handler: answer requests for servers that are not running, without the hub.
 
 Why: tabs left open on a stopped server keep polling it, and through the proxy's default
-route those requests land on the hub, which locked up under them in the incident. The
+route those requests land on the hub, which locked up under them in the incident. What needs
+no knowledge of the user (API, JSON, websocket, sub-resources: the bulk) is answered here; a
+browser navigation is sent to the hub, which knows the user's servers. The
 decision (:func:`decide`) is pure; :class:`StoppedServerHandler` is the tornado adapter.
 What each request gets is in docs/service.md ("The stopped-server handler").
 """
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, unquote
 
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 
 from hub_resilience.service.metrics import STOPPED_SERVER_RESPONSES, StoppedKind
 
 #: First path segments of a *default* server's URLs (Jupyter Server, JupyterLab, classic
-#: notebook, common extensions). With named servers on, any other segment after the user
-#: name is taken as a server name: ``/user/alice/lab`` is alice's default server,
-#: ``/user/alice/gpu/lab`` her server "gpu".
+#: notebook, common extensions). With named servers on, a path whose segment after the user
+#: name is one of these is certainly for the default server; any other segment may be a
+#: server's name or a path of an extension (``git-pull``, ``code-server``), which only the
+#: hub can tell apart, so the handler never guesses.
 DEFAULT_SERVER_PATHS = frozenset({
     "", "api", "lab", "tree", "notebooks", "edit", "view", "files", "static", "custom",
     "nbconvert", "nbextensions", "kernelspecs", "terminals", "login", "logout", "doc",
@@ -33,12 +36,15 @@ DEFAULT_SERVER_PATHS = frozenset({
 JSON_KINDS = frozenset({StoppedKind.API, StoppedKind.XHR, StoppedKind.WEBSOCKET, StoppedKind.JSON})
 #: ``Sec-Fetch-Dest`` values of a navigation (a page the browser shows).
 DOCUMENT_DESTINATIONS = frozenset({"", "document", "iframe", "frame", "embed", "object"})
+#: What a browser navigation gets: a redirect to the hub, which knows the user.
+NAVIGATION_STATUS = 302
 
 NO_STORE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
-PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+#: A refused websocket upgrade also closes its connection: nothing is held open for it.
+WEBSOCKET_HEADERS = {**NO_STORE_HEADERS, "Connection": "close"}
 
 
 @dataclass(frozen=True)
@@ -61,14 +67,22 @@ class StoppedSettings:
         """The path prefix the proxy routes here: ``{base_url}user/``."""
         return self.base_url + "user/"
 
+    def status_of(self, kind: StoppedKind) -> int:
+        """The status every answer of this kind gets (the ``status`` metric label)."""
+        if kind == StoppedKind.INVALID:
+            return 404
+        return NAVIGATION_STATUS if kind == StoppedKind.PAGE else self.status
+
 
 @dataclass(frozen=True)
 class ServerPath:
     """Whose server a ``{base_url}user/...`` path is for."""
 
     user: str  # the user name, unescaped
-    server: str  # "" for the default server
-    rest: list[str]  # the path segments inside the server
+    rest: list[str]  # the path segments after the user name
+    #: Certainly the user's default server: named servers are off, or the segment after the
+    #: user name is one of the default server's paths. Otherwise only the hub knows.
+    default_server: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,7 @@ class Answer:
 
 
 def parse_server_path(path: str, settings: StoppedSettings) -> ServerPath | None:
-    """The user and server of a request path, or None when it names no user.
+    """The user of a request path, or None when it names no user.
 
     ``path`` is the raw (percent-encoded) request path, as the proxy forwards it.
     """
@@ -95,11 +109,10 @@ def parse_server_path(path: str, settings: StoppedSettings) -> ServerPath | None
     if not user:
         return None
     rest = segments[1:]
-    server = ""
-    if settings.named_servers and rest and rest[0] not in settings.default_server_paths:
-        server = unquote(rest[0], errors="replace")
-        rest = rest[1:]
-    return ServerPath(user=user, server=server, rest=rest)
+    default_server = not (
+        settings.named_servers and rest and rest[0] not in settings.default_server_paths
+    )
+    return ServerPath(user=user, rest=rest, default_server=default_server)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -152,31 +165,31 @@ def classify(
 
 
 def escape_path_segment(value: str) -> str:
-    """A user or server name as JupyterHub puts it in URLs (its ``url_escape_path``)."""
+    """A user name as JupyterHub puts it in URLs (its ``url_escape_path``)."""
     return quote(value, safe="@~")
 
 
-def spawn_url(settings: StoppedSettings, server_path: ServerPath, uri: str | None) -> str:
-    """The hub page that starts this server, returning to ``uri`` (the request) afterwards."""
-    url = f"{settings.base_url}hub/spawn/{escape_path_segment(server_path.user)}"
-    if server_path.server:
-        url += "/" + escape_path_segment(server_path.server)
-    if uri and uri.startswith(settings.prefix):
-        url += "?" + urlencode({"next": uri})
-    return url
+def spawn_url(settings: StoppedSettings, server_path: ServerPath) -> str:
+    """Where to start this server: the default server's spawn page, or the hub's home page
+    when the path may be a named server's (the hub lists the user's servers there)."""
+    if not server_path.default_server:
+        return f"{settings.base_url}hub/home"
+    return f"{settings.base_url}hub/spawn/{escape_path_segment(server_path.user)}"
 
 
-def describe(server_path: ServerPath) -> str:
-    if server_path.server:
-        return f"server {server_path.server!r} of user {server_path.user!r}"
-    return f"server of user {server_path.user!r}"
+def hub_url(settings: StoppedSettings, path: str, uri: str) -> str:
+    """The hub's own URL for a request under ``{base_url}user/`` (JupyterHub's
+    PrefixRedirectHandler sends ``/user/...`` to ``/hub/user/...`` the same way); always a
+    local path under ``{base_url}hub/``."""
+    request = uri if uri.startswith(settings.prefix) else path
+    return f"{settings.base_url}hub/{request[len(settings.base_url):]}"
 
 
 def json_answer(
-    kind: str, settings: StoppedSettings, path: str, server_path: ServerPath
+    kind: StoppedKind, settings: StoppedSettings, path: str, server_path: ServerPath
 ) -> Answer:
     """The hub's JSON for a stopped server (same ``message`` wording as JupyterHub's)."""
-    start = spawn_url(settings, server_path, None)
+    start = spawn_url(settings, server_path)
     shown = path[len(settings.base_url) - 1:]
     body = {
         "status": settings.status,
@@ -184,51 +197,17 @@ def json_answer(
         f"{start}",
         "spawn_url": start,
     }
-    return Answer(
-        kind, settings.status, "application/json", json.dumps(body).encode(), NO_STORE_HEADERS
-    )
+    headers = WEBSOCKET_HEADERS if kind == StoppedKind.WEBSOCKET else NO_STORE_HEADERS
+    return Answer(kind, settings.status, "application/json", json.dumps(body).encode(), headers)
 
 
-PAGE_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>Server not running</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 36em; margin: 4em auto;
-       padding: 0 1em; line-height: 1.5; color: #222; }}
-a.start {{ display: inline-block; padding: 0.5em 1.2em; background: #f37726; color: #fff;
-          text-decoration: none; border-radius: 4px; }}
-</style>
-</head>
-<body>
-<h1>Server not running</h1>
-<p>The {what} is not running.</p>
-<p><a class="start" href="{start}">Start it</a></p>
-<p>Or go to the <a href="{home}">hub home page</a>.</p>
-</body>
-</html>
-"""
-
-
-def page_answer(settings: StoppedSettings, server_path: ServerPath, uri: str) -> Answer:
-    """The static page for a browser navigation; every name in it is HTML-escaped."""
-    who = f"<strong>{html.escape(server_path.user)}</strong>"
-    if server_path.server:
-        what = f"server <strong>{html.escape(server_path.server)}</strong> of {who}"
-    else:
-        what = f"Jupyter server of {who}"
-    page = PAGE_TEMPLATE.format(
-        what=what,
-        start=html.escape(spawn_url(settings, server_path, uri), quote=True),
-        home=html.escape(settings.base_url + "hub/home", quote=True),
-    )
-    headers = {**NO_STORE_HEADERS, "Content-Security-Policy": PAGE_CSP}
-    return Answer(
-        StoppedKind.PAGE, settings.status, "text/html; charset=UTF-8", page.encode(), headers
-    )
+def navigation_answer(settings: StoppedSettings, path: str, uri: str) -> Answer:
+    """A browser navigation goes to the hub: it looks the user's servers up, shows the spawn
+    pending page, spawns implicitly, renders the operator's templates or asks for a login."""
+    location = hub_url(settings, path, uri)
+    body = f"Redirecting to {location}\n".encode()
+    headers = {**NO_STORE_HEADERS, "Location": location}
+    return Answer(StoppedKind.PAGE, NAVIGATION_STATUS, "text/plain; charset=UTF-8", body, headers)
 
 
 def decide(
@@ -243,8 +222,9 @@ def decide(
     if kind in JSON_KINDS:
         return json_answer(kind, settings, path, server_path)
     if kind == StoppedKind.PAGE:
-        return page_answer(settings, server_path, uri)
-    text = f"The {describe(server_path)} is not running.\n"
+        return navigation_answer(settings, path, uri)
+    whose = "The" if server_path.default_server else "A"
+    text = f"{whose} server of user {server_path.user!r} is not running.\n"
     return Answer(StoppedKind.RESOURCE, settings.status, "text/plain; charset=UTF-8", text.encode(),
                   NO_STORE_HEADERS)
 
@@ -266,7 +246,7 @@ class StoppedServerHandler(web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         """Nothing here acts on a request, so there is nothing to protect."""
 
-    def _answer(self, *args: Any) -> None:
+    async def _answer(self, *args: Any) -> None:
         answer = decide(
             self.request.method or "GET",
             self.request.path,
@@ -279,9 +259,11 @@ class StoppedServerHandler(web.RequestHandler):
         for name, value in answer.headers.items():
             self.set_header(name, value)
         STOPPED_SERVER_RESPONSES.labels(answer.kind, str(answer.status)).inc()
-        if self.request.method == "HEAD":
-            self.finish()
-        else:
-            self.finish(answer.body)
+        await self.finish(None if self.request.method == "HEAD" else answer.body)
+        connection = self.request.connection
+        if answer.kind == StoppedKind.WEBSOCKET and isinstance(connection, HTTP1Connection):
+            # Tornado would keep an upgrade's connection alive (it asked for "Upgrade", not
+            # "close"); a refused one is closed, so no socket is held for a stale tab.
+            connection.close()
 
     get = head = post = put = patch = delete = options = _answer
