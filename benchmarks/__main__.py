@@ -25,7 +25,9 @@ Run = Callable[[], Awaitable[list[Row]]]
 
 #: name -> (full-size run, a quick smoke-sized run)
 BENCHMARKS: dict[str, tuple[Run, Run]] = {
-    "stopped-storm": (stopped_storm.run, lambda: stopped_storm.run(users=20, requests=500)),
+    "stopped-storm": (
+        stopped_storm.run, lambda: stopped_storm.run(users=20, requests=500, navigations=20)
+    ),
     "culling": (culling.run, lambda: culling.run(users=500, servers=100)),
     "activity": (activity_load.run,
                  lambda: activity_load.run(servers=100, budget=0.2, speedup=120)),

@@ -9,7 +9,10 @@ after looking the user up; with :func:`hub_resilience.configure`'s handler, the 
 hub. Two hubs, one after the other, each with 100 users whose servers are stopped; the same
 number of tab requests (``requests``, ``concurrency`` at a time, following redirects as a
 browser does, with a token as a logged-in browser has a cookie) through the proxy. Measured:
-requests per second served, and the hub's CPU seconds for the whole storm.
+requests per second served, and the hub's CPU seconds for the whole storm. Apart from the
+storm, ``navigations`` browser page loads of those servers (``/user/<name>/lab``) show what a
+navigation costs the hub: the handler sends each to the hub (one request, the hub's own
+"not running" page), where the stock hub takes two (its redirect, then that page).
 
 The load generator, the proxy and (with the handler) the service share this machine's cores
 with the hub, so the handler's requests per second are bounded by them, not by the hub.
@@ -21,7 +24,15 @@ import itertools
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from benchmarks.common import Row, admin_client, bench_hub, create_users, log, measure
+from benchmarks.common import (
+    Row,
+    admin_client,
+    bench_hub,
+    create_users,
+    gather_limited,
+    log,
+    measure,
+)
 from hub_resilience.tools.localhub import LocalHub, unused_port
 from hub_resilience.tools.simulate import TAB_PATHS, fetch_status
 
@@ -52,7 +63,35 @@ async def storm(hub: LocalHub, names: list[str], requests: int, concurrency: int
     return statuses
 
 
-async def run(users: int = 100, requests: int = 5000, concurrency: int = 50) -> list[Row]:
+BROWSER = {
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+}
+
+
+async def navigate(hub: LocalHub, names: list[str], count: int, concurrency: int) -> dict:
+    """``count`` browser navigations to the users' stopped servers; final statuses counted."""
+    http = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
+    targets = itertools.cycle(f"{hub.url}/user/{name}/lab" for name in names)
+    requests = [
+        HTTPRequest(next(targets), headers={**BROWSER, "Authorization": f"token {hub.token}"},
+                    follow_redirects=True, max_redirects=5, request_timeout=120)
+        for _ in range(count)
+    ]
+    statuses: dict[str, int] = {}
+    try:
+        for status in await gather_limited([fetch_status(http, r) for r in requests],
+                                           concurrency):
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        http.close()
+    return statuses
+
+
+async def run(
+    users: int = 100, requests: int = 5000, concurrency: int = 50, navigations: int = 100
+) -> list[Row]:
     names = [f"t{i:04d}" for i in range(users)]
     handler_port = unused_port()
     configs = {
@@ -62,7 +101,7 @@ from hub_resilience import configure
 configure(c, spawner_class=None, service_port={handler_port}, cull=False)
 """,
     }
-    results = {}
+    results, paged = {}, {}
     for label, config in configs.items():
         async with bench_hub(config) as hub:
             async with admin_client(hub) as client:
@@ -76,6 +115,12 @@ configure(c, spawner_class=None, service_port={handler_port}, cull=False)
             if set(statuses) != {"424"}:
                 raise RuntimeError(f"stopped-server storm ({label}): statuses {statuses}")
             results[label] = measured
+            pages, measured = await measure(
+                hub, lambda hub=hub: navigate(hub, names, navigations, concurrency)
+            )
+            if set(pages) != {"424"}:  # the hub's own "not running" page, in both
+                raise RuntimeError(f"navigations ({label}): statuses {pages}")
+            paged[label] = measured
     title = f"stopped-server storm: {requests:,} tab requests, {concurrency} at a time"
     hub, ours = results["hub"], results["handler"]
     return [
@@ -84,5 +129,8 @@ configure(c, spawner_class=None, service_port={handler_port}, cull=False)
         Row(title, "hub CPU seconds", hub.hub_cpu, ours.hub_cpu, "lower", 2),
         Row(title, "requests reaching the hub", hub.load.requests, ours.load.requests,
             "lower", 0),
+        Row(f"browser navigations to stopped servers: {navigations:,}",
+            "requests reaching the hub", paged["hub"].load.requests,
+            paged["handler"].load.requests, "lower", 0),
     ]
 
