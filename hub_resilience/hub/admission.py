@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Coroutine, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Any
@@ -37,7 +36,7 @@ from hub_resilience.hub.admission_policy import (
     retry_after_range,
 )
 from hub_resilience.hub.request_window import RECENT_K8S_REQUESTS, RequestWindow
-from hub_resilience.hub.running_hub import handler_settings
+from hub_resilience.hub.running_hub import handler_settings, start_in_hub
 
 #: The settings JupyterHub's handlers read on every spawn request.
 LIMIT_SETTING = "concurrent_spawn_limit"
@@ -437,38 +436,15 @@ async def wait_for_handler_settings(poll: float = 0.5) -> MutableMapping[str, An
         await asyncio.sleep(poll)
 
 
-_running: list[asyncio.Future] = []
-
-
 def start_governor(config: Any, *, honest_retry_after: bool = True) -> bool:
     """Start the governor in the running hub's event loop (configure() calls this while the
     hub loads its config, inside that loop); False, and nothing started, outside a hub (the
     sidecar and check-config load the same config) or when it runs already."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    hub_module = sys.modules.get("jupyterhub.app")
-    if hub_module is None or not hub_module.JupyterHub.initialized() or _running:
-        return False
-    app = hub_module.JupyterHub.instance()
 
-    def begin() -> None:
+    def govern(app: Any) -> Coroutine[Any, Any, None]:
         # The hub's final config: hub.config values may follow the configure() call.
         governor = AdmissionGovernor(parent=app)
         governor.honest_retry_after = honest_retry_after
-        task = asyncio.ensure_future(governor.run(app.users))
-        task.add_done_callback(_report_end)
-        _running.append(task)
+        return governor.run(app.users)
 
-    loop.call_soon(begin)
-    return True
-
-
-def _report_end(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        from jupyterhub.app import JupyterHub
-
-        JupyterHub.instance().log.error(
-            "Admission governor stopped: %s; the hub keeps its last limit", task.exception()
-        )
+    return start_in_hub("Admission governor", govern, then="the hub keeps its last limit")
