@@ -24,6 +24,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from hub_resilience.hub.activity import ActivitySettings
+from hub_resilience.hub.route_repair import start_route_repair
 from hub_resilience.settings import (
     HUB_LEGACY_STOPPED_STATUS,
     HUB_STOPPED_STATUS,
@@ -651,6 +652,8 @@ def _configure(c: Config, options: Mapping[str, Any]) -> Wiring | None:
     apply_wiring(c, wiring)
     if settings.admission_governor:
         start_admission_governor(c)
+    if settings.route_check_interval > 0:
+        start_route_repair()
     where = "in its own container" if settings.service_mode == "container" else "by the hub"
     print(
         "hub-resilience: configured "

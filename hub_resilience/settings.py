@@ -194,6 +194,17 @@ class HubResilience(Configurable):
         both exactly as configured.
         """,
     )
+    route_check_interval = Float(
+        30.0,
+        config=True,
+        help="""
+        Seconds between two route checks in the hub (route repair): JupyterHub's own
+        proxy.check_routes, which puts back every running server's route and the
+        stopped-server handler's {base_url}user/ route after a proxy restart. JupyterHub
+        checks only every last_activity_interval, which configure() raises to 300 s or more;
+        0 leaves it at that (docs/service.md, "Routes after a proxy restart").
+        """,
+    )
     log_level = CaselessStrEnum(
         list(LOG_LEVELS), "INFO", config=True, help="Log level of the service process."
     )
@@ -279,6 +290,15 @@ class HubResilience(Configurable):
                 f"0 < low <= high, got {value!r}"
             )
         return value
+
+    @validate("route_check_interval")
+    def _valid_route_check_interval(self, proposal: Bunch) -> float:
+        if not (math.isfinite(proposal.value) and proposal.value >= 0):
+            raise TraitError(
+                "HubResilience.route_check_interval must be a number of seconds >= 0 "
+                f"(0 switches route repair off), got {proposal.value!r}"
+            )
+        return proposal.value
 
     def activity_settings(self) -> ActivitySettings:
         """The tuned activity intervals for this hub's size and budget (the validators
