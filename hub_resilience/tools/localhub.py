@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -23,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
@@ -153,6 +155,46 @@ def _append_fd(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
+def _port(url: str) -> int:
+    port = urlparse(url).port
+    if port is None:
+        raise ValueError(f"no port in {url}")
+    return port
+
+
+async def start_proxy(
+    *,
+    port: int,
+    api_port: int,
+    default_target: str,
+    token: str,
+    log_path: Path,
+    timeout: float = 90.0,
+) -> asyncio.subprocess.Process:
+    """configurable-http-proxy on loopback with an empty route table, once its API answers
+    (a RuntimeError with its log's tail otherwise); its output is appended to ``log_path``.
+    Requests no route matches go to ``default_target``, as with JupyterHub's own proxy."""
+    env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token)
+    log = _append_fd(log_path)
+    try:
+        proxy = await asyncio.create_subprocess_exec(
+            executable("configurable-http-proxy"),
+            "--ip", LOOPBACK, "--port", str(port),
+            "--api-ip", LOOPBACK, "--api-port", str(api_port),
+            "--default-target", default_target,
+            "--error-target", f"{default_target}/hub/error",
+            "--log-level", "warn",
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            preexec_fn=_terminate_with_parent,
+        )
+    finally:
+        os.close(log)
+    await wait_http(
+        f"http://{LOOPBACK}:{api_port}/api/routes", f"token {token}", proxy, log_path, timeout
+    )
+    return proxy
+
+
 @dataclass
 class LocalHub:
     """A JupyterHub and its proxy running as subprocesses (see :func:`local_hub`)."""
@@ -205,28 +247,15 @@ class LocalHub:
         """Replace the caller's part of the config (takes effect at the next (re)start)."""
         self.config_path.write_text(self.base_config + textwrap.dedent(config) + "\n")
 
-    async def _start_proxy(self, proxy_port: int, api_port: int, hub_port: int) -> None:
-        env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=self.proxy_token)
-        log = _append_fd(self.proxy_log_path)
-        try:
-            self._proxy = await asyncio.create_subprocess_exec(
-                executable("configurable-http-proxy"),
-                "--ip", LOOPBACK, "--port", str(proxy_port),
-                "--api-ip", LOOPBACK, "--api-port", str(api_port),
-                "--default-target", f"http://{LOOPBACK}:{hub_port}",
-                "--error-target", f"http://{LOOPBACK}:{hub_port}/hub/error",
-                "--log-level", "warn",
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                preexec_fn=_terminate_with_parent,
-            )
-        finally:
-            os.close(log)
-        await wait_http(
-            f"{self.proxy_api_url}/api/routes",
-            f"token {self.proxy_token}",
-            self._proxy,
-            self.proxy_log_path,
-            self.start_timeout,
+    async def _start_proxy(self) -> None:
+        """A proxy on this hub's ports (read from its URLs), with an empty route table."""
+        self._proxy = await start_proxy(
+            port=_port(self.url),
+            api_port=_port(self.proxy_api_url),
+            default_target=f"http://{LOOPBACK}:{_port(self.api_url)}",
+            token=self.proxy_token,
+            log_path=self.proxy_log_path,
+            timeout=self.start_timeout,
         )
 
     async def _start_hub(self) -> None:
@@ -268,6 +297,28 @@ class LocalHub:
         """Stop the hub process and start it again with the same database and proxy."""
         await terminate(self._hub)
         await self._start_hub()
+
+    async def proxy_routes(self) -> dict[str, Any]:
+        """The proxy's route table, from its API: routespec (no trailing slash) -> route."""
+        http = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await http.fetch(HTTPRequest(
+                f"{self.proxy_api_url}/api/routes",
+                headers={"Authorization": f"token {self.proxy_token}"}, request_timeout=30,
+            ))
+        finally:
+            http.close()
+        routes: dict[str, Any] = json.loads(response.body)
+        return routes
+
+    async def restart_proxy(self) -> None:
+        """Kill the proxy (SIGKILL, as when its pod is deleted or crashes) and start a new one
+        on the same ports with an empty route table, as a new proxy pod starts; the hub is
+        not told (it finds out at its next route check)."""
+        if self._proxy is not None and self._proxy.returncode is None:
+            self._proxy.kill()
+            await self._proxy.wait()
+        await self._start_proxy()
 
     async def stop(self) -> None:
         """Stop the hub, then the proxy (idempotent)."""
@@ -328,7 +379,7 @@ async def local_hub(
     )
     hub.write_config(config)
     try:
-        await hub._start_proxy(proxy_port, api_port, hub_port)
+        await hub._start_proxy()
         await hub._start_hub()
         yield hub
     finally:

@@ -1,0 +1,165 @@
+"""Route repair end to end: a real JupyterHub and configurable-http-proxy, the package
+switched on by configure() with the activity intervals tuned for 1,000 servers (so the hub's
+own route check runs only every 300 s), and the proxy killed and restarted with an empty
+route table, as when z2jh's proxy pod is replaced.
+
+User servers are simulated (:class:`hub_resilience.tools.simulated_spawner.SimulatedSpawner`);
+the hub, the proxy, the service and every request through the proxy are real.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+
+from hub_resilience.settings import HubResilience
+from tests.support.hub import RunningHub, create_users, running_hub, start_servers, unused_port
+
+pytestmark = pytest.mark.hub
+
+SERVERS = 1000  # the hub's size: last_activity_interval 300 s
+RUNNING = ("alice", "bob", "carol")
+STOPPED = "dave"
+#: Within this many seconds of the proxy's restart, every route is back (issue 17).
+REPAIRED_WITHIN = 60.0
+#: How often the open tab polls its server's status, and how many of the hub's redirects
+#: it follows (a browser's fetch follows them; the hub's second one would wait 2 s).
+POLL_EVERY = 0.1
+HOPS = 2
+
+CONFIG = """
+c.HubResilience.spawner_class = None  # keep the base config's SimulatedSpawner
+c.HubResilience.service_port = {port}
+c.HubResilience.expected_concurrent_servers = {servers}
+c.HubResilience.cull = False  # no culler requests among the hub's
+{extra}
+from hub_resilience import configure
+configure(c)
+print("last_activity_interval =", c.JupyterHub.last_activity_interval, flush=True)
+"""
+
+
+def hub_config(port: int, extra: str = "") -> str:
+    return CONFIG.format(port=port, servers=SERVERS, extra=extra)
+
+
+async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        request = HTTPRequest(url, request_timeout=30, follow_redirects=False, **kwargs)
+        return await http.fetch(request, raise_error=False)
+    finally:
+        http.close()
+
+
+async def handler_answers(port: int) -> float:
+    """Requests the stopped-server handler has answered (its own metric)."""
+    response = await fetch(f"http://127.0.0.1:{port}/metrics")
+    assert response.code == 200
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.body.decode())
+        for sample in family.samples
+        if sample.name == "hub_resilience_stopped_server_responses_total"
+    )
+
+
+class Tab:
+    """An open JupyterLab tab of alice's running server, polling its status through the
+    proxy with her credentials and following the hub's redirects as a browser would; every
+    answer of every poll is kept."""
+
+    def __init__(self, hub: RunningHub, token: str) -> None:
+        self.hub = hub
+        self.headers = {"Authorization": f"token {token}"}
+        self.polls: list[list[tuple[int, str]]] = []  # (status, Location) of each hop
+
+    async def poll(self) -> list[tuple[int, str]]:
+        url, hops = f"{self.hub.url}/user/alice/api/status", []
+        for _ in range(HOPS):
+            response = await fetch(url, headers=self.headers)
+            location = response.headers.get("Location", "")
+            hops.append((response.code, location))
+            if response.code != 302:
+                break
+            url = self.hub.url + location
+        self.polls.append(hops)
+        return hops
+
+    async def run(self) -> None:
+        while True:
+            await self.poll()
+            await asyncio.sleep(POLL_EVERY)
+
+
+async def missing_routes(hub: RunningHub, expected: set[str]) -> set[str]:
+    return expected - set(await hub.proxy_routes())
+
+
+async def test_routes_are_back_within_a_minute_of_a_proxy_restart() -> None:
+    port = unused_port()
+    assert HubResilience(expected_concurrent_servers=SERVERS).activity_settings().hub_interval \
+        >= 300
+    async with running_hub(hub_config(port)) as hub, hub.client() as client:
+        await create_users(client, [*RUNNING, STOPPED])
+        await start_servers(client, [(name, "") for name in (*RUNNING, STOPPED)])
+        await client.stop_server(STOPPED)
+        assert await client.wait_for_server_stopped(STOPPED, timeout=60)
+        log = hub.log_text()
+        assert "last_activity_interval = 300" in log  # the hub's own check: every 5 minutes
+        assert "Route repair: the proxy's routes are checked every 30s" in log
+        token = (await client.request(
+            "POST", "/users/alice/tokens", body={"note": "tab"}, retry_safe=False
+        )).json()["token"]
+        expected = {f"/user/{name}" for name in RUNNING} | {"/user"}
+        assert not await missing_routes(hub, expected)
+
+        await hub.restart_proxy()
+        restarted = time.monotonic()
+        assert await missing_routes(hub, expected) == expected  # an empty route table
+        tab = Tab(hub, token)
+        polling = asyncio.ensure_future(tab.run())
+        try:
+            while missing := await missing_routes(hub, expected):
+                assert time.monotonic() - restarted < REPAIRED_WITHIN, (
+                    f"routes still missing {REPAIRED_WITHIN:g} s after the proxy restart: "
+                    f"{sorted(missing)}"
+                )
+                await asyncio.sleep(0.2)
+            repaired = time.monotonic() - restarted
+        finally:
+            polling.cancel()
+        for _ in range(3):
+            await tab.poll()
+
+        # The tab was never told that its server stopped: during the gap the hub sent it
+        # back to the server (its route missing), after it the server answered.
+        answers = [hop for poll in tab.polls for hop in poll]
+        assert all(status in (200, 302) for status, _ in answers), tab.polls
+        assert tab.polls[-1] == [(200, "")], tab.polls
+        gap = [poll for poll in tab.polls if poll[0][0] == 302]
+        assert gap, f"no poll fell into the gap (repaired after {repaired:.1f} s)"
+        assert all(poll == [(302, "/hub/user/alice/api/status"),
+                            (302, "/user/alice/api/status?redirects=1")] for poll in gap), gap
+
+        # Every running server answers through its own route again...
+        for name in RUNNING:
+            path = f"/user/{name}/api/status"
+            response = await fetch(hub.url + path)
+            assert response.code == 200, (name, response.code)
+            assert response.body.decode() == f"simulated single-user server: {path}\n"
+        # ...and a stopped one through the handler's route, not the hub.
+        before = await handler_answers(port)
+        response = await fetch(f"{hub.url}/user/{STOPPED}/api/kernels")
+        assert response.code == 424
+        assert json.loads(response.body)["spawn_url"] == f"/hub/spawn/{STOPPED}"
+        assert await handler_answers(port) == before + 1
+
+        log = hub.log_text()
+        assert "Adding missing route for /user/alice/" in log  # JupyterHub's own check did it
+        assert "Traceback" not in log
