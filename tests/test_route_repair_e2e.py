@@ -9,7 +9,6 @@ the hub, the proxy, the service and every request through the proxy are real.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -157,7 +156,6 @@ async def test_routes_are_back_within_a_minute_of_a_proxy_restart() -> None:
         before = await handler_answers(port)
         response = await fetch(f"{hub.url}/user/{STOPPED}/api/kernels")
         assert response.code == 424
-        assert json.loads(response.body)["spawn_url"] == f"/hub/spawn/{STOPPED}"
         assert await handler_answers(port) == before + 1
 
         log = hub.log_text()
