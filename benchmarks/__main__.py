@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from benchmarks import activity_load, admission, culling, spawn_burst, stopped_storm
+from benchmarks import activity_load, admission, culling, route_check, spawn_burst, stopped_storm
 from benchmarks.common import Row, log, markdown_table
 
 Run = Callable[[], Awaitable[list[Row]]]
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[Run, Run]] = {
                  lambda: activity_load.run(servers=100, budget=0.2, speedup=120)),
     "spawn-burst": (spawn_burst.run, lambda: spawn_burst.run(users=60, spawn_limit=5)),
     "admission": (admission.run, admission.quick),
+    "route-check": (route_check.run, lambda: route_check.run(sizes=(100,), repeats=3)),
 }
 
 
