@@ -145,7 +145,7 @@ class _Recorder(logging.Handler):
         self.records.append(record)
 
 
-async def run(sizes: tuple[int, ...] = (1000, 5000), repeats: int = 20) -> list[Row]:
+async def run(sizes: tuple[int, ...] = (1000, 5000), repeats: int = 50) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="hub-resilience-route-check-") as directory:
         for count in sizes:
