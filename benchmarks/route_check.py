@@ -1,6 +1,7 @@
 """What a route check costs at 1,000 and 5,000 routes: JupyterHub's ``proxy.get_all_routes()``
 (the proxy's whole table, read) and a whole ``proxy.check_routes()`` (read, then compared with
-every server the hub has), with every route present, so the check changes nothing.
+every server the hub has), with every route present, so the check changes nothing; and the
+one check that puts every route back after the proxy restarted with an empty table.
 
 Route repair runs that check every ``HubResilience.route_check_interval`` (30 s), on top of
 the one JupyterHub makes every ``last_activity_interval`` (300 s once configure() has tuned
@@ -16,6 +17,7 @@ share) and, apart, the proxy process's, from ``/proc``.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -96,16 +98,28 @@ def hub_users(count: int, target_port: int) -> dict[str, Any]:
     return {name: User(orm_user, settings, db=db) for name, orm_user in users.items()}
 
 
-async def measure(count: int, repeats: int, directory: Path) -> tuple[Cost, Cost]:
-    """(get_all_routes, check_routes) with ``count`` user routes, all present."""
+@dataclass(frozen=True)
+class Figures:
+    routes: Cost  # get_all_routes, every route present
+    check: Cost  # check_routes, every route present: nothing to change
+    repair: Cost  # one check_routes after the proxy restarted empty: every route added
+
+
+async def measure(count: int, repeats: int, directory: Path) -> Figures:
+    """The costs with ``count`` user routes (and the hub's and the handler's)."""
     from jupyterhub.proxy import ConfigurableHTTPProxy
 
     api_port, token = unused_port(), secrets.token_hex(24)
     hub_port, target_port = unused_port(), unused_port()  # nothing is requested through them
-    proxy_process = await start_proxy(
-        port=unused_port(), api_port=api_port, default_target=f"http://{LOOPBACK}:{hub_port}",
-        token=token, log_path=directory / f"proxy-{count}.log",
-    )
+
+    async def new_proxy() -> asyncio.subprocess.Process:
+        return await start_proxy(
+            port=unused_port(), api_port=api_port, token=token,
+            default_target=f"http://{LOOPBACK}:{hub_port}",
+            log_path=directory / f"proxy-{count}.log",
+        )
+
+    processes = [await new_proxy()]
     try:
         users = hub_users(count, target_port)
         hub = next(iter(users.values())).settings["hub"]
@@ -124,14 +138,20 @@ async def measure(count: int, repeats: int, directory: Path) -> tuple[Cost, Cost
         log(f"route check: {count:,} routes added in {time.monotonic() - began:.0f} s")
         await proxy.check_routes(users, {})  # adds the extra route: the table is complete
         changes.clear()
-        routes = await cost(proxy.get_all_routes, proxy_process.pid, repeats)
-        check = await cost(lambda: proxy.check_routes(users, {}), proxy_process.pid,
-                                  repeats)
+        routes = await cost(proxy.get_all_routes, processes[-1].pid, repeats)
+        check = await cost(lambda: proxy.check_routes(users, {}), processes[-1].pid, repeats)
         if changes:  # every route was present: a check that changed one measured something else
             raise RuntimeError(f"the checks changed routes: {changes[0].getMessage()}")
-        return routes, check
+        await terminate(processes[-1])
+        processes.append(await new_proxy())
+        repair = await cost(lambda: proxy.check_routes(users, {}), processes[-1].pid, 1)
+        restored = len(await proxy.get_all_routes())
+        if restored != count + 2:
+            raise RuntimeError(f"the repair restored {restored} of {count + 2} routes")
+        return Figures(routes, check, repair)
     finally:
-        await terminate(proxy_process)
+        for process in processes:
+            await terminate(process)
 
 
 class _Recorder(logging.Handler):
@@ -149,9 +169,11 @@ async def run(sizes: tuple[int, ...] = (1000, 5000), repeats: int = 50) -> list[
     rows = []
     with tempfile.TemporaryDirectory(prefix="hub-resilience-route-check-") as directory:
         for count in sizes:
-            routes, check = await measure(count, repeats, Path(directory))
+            figures = await measure(count, repeats, Path(directory))
+            check = figures.check
             log(f"route check at {count:,} routes (wall: median of {repeats}; CPU: mean): "
-                f"get_all_routes {routes}; check_routes {check}")
+                f"get_all_routes {figures.routes}; check_routes {check}; after a proxy "
+                f"restart, the check that adds them all back: {figures.repair}")
             title = (f"route check, {count:,} routes all present: JupyterHub's every "
                      f"{HUB_INTERVAL} s vs also route repair's every {REPAIR_INTERVAL} s")
             per_hour = 3600 / HUB_INTERVAL, 3600 / HUB_INTERVAL + 3600 / REPAIR_INTERVAL
