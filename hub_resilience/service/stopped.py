@@ -261,9 +261,10 @@ class StoppedServerHandler(web.RequestHandler):
         STOPPED_SERVER_RESPONSES.labels(answer.kind, str(answer.status)).inc()
         await self.finish(None if self.request.method == "HEAD" else answer.body)
         connection = self.request.connection
-        if answer.kind == StoppedKind.WEBSOCKET and isinstance(connection, HTTP1Connection):
+        if answer.headers.get("Connection") == "close" and isinstance(connection, HTTP1Connection):
             # Tornado would keep an upgrade's connection alive (it asked for "Upgrade", not
-            # "close"); a refused one is closed, so no socket is held for a stale tab.
+            # "close"): the answer that says "close" (a refused upgrade) closes it, so no
+            # socket is held for a stale tab.
             connection.close()
 
     get = head = post = put = patch = delete = options = _answer
