@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from hub_resilience.settings import HubResilience
-from tests.support.hub import RunningHub, create_users, running_hub, start_servers, unused_port
+from tests.support.hub import (
+    RunningHub,
+    create_users,
+    fetch,
+    running_hub,
+    start_servers,
+    unused_port,
+)
 
 pytestmark = pytest.mark.hub
 
@@ -45,15 +50,6 @@ print("last_activity_interval =", c.JupyterHub.last_activity_interval, flush=Tru
 
 def hub_config(port: int, extra: str = "") -> str:
     return CONFIG.format(port=port, servers=SERVERS, extra=extra)
-
-
-async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
-    http = AsyncHTTPClient(force_instance=True)
-    try:
-        request = HTTPRequest(url, request_timeout=30, follow_redirects=False, **kwargs)
-        return await http.fetch(request, raise_error=False)
-    finally:
-        http.close()
 
 
 async def handler_answers(port: int) -> float:

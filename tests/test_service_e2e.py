@@ -23,13 +23,14 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 
 from hub_resilience.hubclient import HubClient
 from tests.support.hub import (
     RunningHub,
     create_users,
+    fetch,
     gather_limited,
     running_hub,
     unused_port,
@@ -70,16 +71,6 @@ def service_port() -> int:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
-    http = AsyncHTTPClient(force_instance=True)
-    try:
-        kwargs.setdefault("request_timeout", 30)
-        kwargs.setdefault("follow_redirects", False)
-        return await http.fetch(HTTPRequest(url, **kwargs), raise_error=False)
-    finally:
-        http.close()
 
 
 async def eventually(

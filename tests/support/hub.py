@@ -32,6 +32,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+
 from hub_resilience.hubclient import HubClient
 from hub_resilience.tools.localhub import BASE_CONFIG, LocalHub, local_hub, unused_port
 
@@ -42,6 +44,7 @@ __all__ = [
     "SERVICE_NAME",
     "RunningHub",
     "create_users",
+    "fetch",
     "gather_limited",
     "promtool_check_metrics",
     "running_hub",
@@ -96,6 +99,18 @@ async def running_hub(
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
+    """One request, its response whatever the status (redirects not followed, 30 s timeout,
+    unless given)."""
+    http = AsyncHTTPClient(force_instance=True)
+    try:
+        kwargs.setdefault("request_timeout", 30)
+        kwargs.setdefault("follow_redirects", False)
+        return await http.fetch(HTTPRequest(url, **kwargs), raise_error=False)
+    finally:
+        http.close()
 
 
 async def wait_until(
