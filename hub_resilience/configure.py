@@ -25,6 +25,7 @@ from traitlets.config import Config
 
 from hub_resilience.hub.activity import ActivitySettings
 from hub_resilience.hub.route_repair import start_route_repair
+from hub_resilience.service.running import LISTING_SCOPES
 from hub_resilience.settings import (
     HUB_LEGACY_STOPPED_STATUS,
     HUB_STOPPED_STATUS,
@@ -217,6 +218,7 @@ def service_command(
         "stopped_status": stopped_status,
         "named_servers": named_servers,
         "stopped_handler": settings.stopped_handler,
+        "running_servers_max_age": settings.running_servers_max_age,
         "cull": settings.cull,
         "watch_parent": watch_parent,
     }
@@ -228,6 +230,15 @@ def service_command(
         command.append(f"--Culler.api_url={hub_api_url}")
         command += [f"--Culler.{k}={format_trait_value(v)}" for k, v in culler.settings.items()]
     return command
+
+
+def service_scopes(settings: HubResilience, culler: CullerPlan) -> list[str]:
+    """The service token's least scopes: the culler's, and the handler's listing of running
+    servers (docs/service.md)."""
+    scopes = list(culler.scopes) if settings.cull else []
+    if settings.stopped_handler and settings.running_servers_max_age:
+        scopes += [s for s in LISTING_SCOPES if s not in scopes]
+    return scopes
 
 
 def _check_ports(settings: HubResilience, facts: HubFacts) -> None:
@@ -354,11 +365,13 @@ def plan_wiring(
             service = {"name": settings.service_name, "command": command, "display": False}
         if service is not None and settings.api_token:
             service["api_token"] = settings.api_token
-        if settings.cull:
+        scopes = service_scopes(settings, culler)
+        if scopes:
             role = {
                 "name": settings.service_name,
-                "description": "hub-resilience service: the idle culler's least scopes",
-                "scopes": list(culler.scopes),
+                "description": "hub-resilience service: the least scopes of its culler and "
+                "stopped-server handler",
+                "scopes": scopes,
                 "services": [settings.service_name],
             }
     return Wiring(

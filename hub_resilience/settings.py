@@ -110,6 +110,18 @@ class HubResilience(Configurable):
         config=True,
         help="Route {base_url}user/ to the stopped-server handler with Proxy.extra_routes.",
     )
+    running_servers_max_age = Float(
+        30.0,
+        config=True,
+        help="""
+        Seconds the stopped-server handler trusts its listing of the hub's running servers
+        (one GET /users?state=ready for all users, made only when a request for a stopped
+        server needs it): a server listed as running whose route is missing is sent where
+        the hub serves it (kind route_missing), never told it stopped. 0: never list (no
+        list:users and read:servers scopes for the service); docs/service.md, "A running
+        server whose route is missing".
+        """,
+    )
     stopped_status = Integer(
         None,
         allow_none=True,
@@ -291,12 +303,12 @@ class HubResilience(Configurable):
             )
         return value
 
-    @validate("route_check_interval")
-    def _valid_route_check_interval(self, proposal: Bunch) -> float:
+    @validate("route_check_interval", "running_servers_max_age")
+    def _valid_seconds_or_off(self, proposal: Bunch) -> float:
         if not (math.isfinite(proposal.value) and proposal.value >= 0):
             raise TraitError(
-                "HubResilience.route_check_interval must be a number of seconds >= 0 "
-                f"(0 switches route repair off), got {proposal.value!r}"
+                f"HubResilience.{proposal.trait.name} must be a number of seconds >= 0 "
+                f"(0 switches it off), got {proposal.value!r}"
             )
         return proposal.value
 

@@ -24,6 +24,7 @@ from hub_resilience.configure import (
 from hub_resilience.hub.activity import tune_activity
 from hub_resilience.service.commands import ServiceApp
 from hub_resilience.service.culler import SCOPES, Culler
+from hub_resilience.service.running import LISTING_SCOPES
 
 DROPIN = Path(__file__).resolve().parents[1] / "jupyterhub_config.d" / "hub_resilience.py"
 PYTHON = "/usr/bin/python3"
@@ -125,7 +126,8 @@ def test_defaults_for_a_plain_local_hub() -> None:
             "--ResilienceService.ip=127.0.0.1", "--ResilienceService.port=8181",
             "--ResilienceService.base_url=/", "--ResilienceService.stopped_status=424",
             "--ResilienceService.named_servers=False", "--ResilienceService.stopped_handler=True",
-            "--ResilienceService.cull=True", "--ResilienceService.watch_parent=True",
+            "--ResilienceService.running_servers_max_age=30.0", "--ResilienceService.cull=True",
+            "--ResilienceService.watch_parent=True",
             "--ServiceApp.log_level=20", "--Culler.api_url=http://127.0.0.1:8081/hub/api",
         ],
     }
@@ -179,6 +181,19 @@ def test_stopped_status_must_match_the_hub_or_be_404(
         plan(HubFacts(legacy_stopped_status=legacy), stopped_status=status)
 
 
+def test_the_handlers_listing_of_running_servers_needs_only_its_scopes() -> None:
+    """With the culler off, the service's token may list users' servers, nothing more; with
+    the listing off too (or the handler off), the service gets no role."""
+    listing = configure(z2jh_config(), cull=False).role
+    assert listing is not None and listing["scopes"] == ["list:users", "read:servers"]
+    assert configure(z2jh_config(), cull=False, running_servers_max_age=0).role is None
+    assert configure(z2jh_config(), cull=False, stopped_handler=False).role is None
+    with pytest.raises(ConfigurationError, match="running_servers_max_age must be"):
+        configure(z2jh_config(), running_servers_max_age=float("nan"))
+    assert flag(configure(z2jh_config(), running_servers_max_age=5).command,
+                "ResilienceService.running_servers_max_age") == "5.0"
+
+
 def test_cull_users_adds_only_the_scopes_deletion_needs() -> None:
     wiring = plan(culler={"cull_users": True, "max_age": 7200, "recheck_after": 5})
     assert wiring.role["scopes"] == [*SCOPES, "read:users", "delete:users"]
@@ -199,7 +214,7 @@ def test_culler_timeout_must_outlast_the_activity_intervals() -> None:
         plan(expected_concurrent_servers=4500, culler={"timeout": 990})
     assert plan(expected_concurrent_servers=4500, culler={"timeout": 991}).role is not None
     # Without the culler, nothing to protect.
-    assert plan(expected_concurrent_servers=4500, culler={"timeout": 990}, cull=False).role is None
+    assert plan(expected_concurrent_servers=4500, culler={"timeout": 990}, cull=False)
 
 
 @pytest.mark.parametrize(
@@ -253,7 +268,7 @@ def test_stock_culler_is_refused_unless_ours_is_off() -> None:
     with pytest.raises(ConfigurationError, match="cull.enabled: false"):
         configure(c)
     wiring = configure(c, cull=False)
-    assert wiring.role is None
+    assert wiring.role is not None and wiring.role["scopes"] == list(LISTING_SCOPES)
     assert flag(wiring.command, "ResilienceService.cull") == "False"
 
 
@@ -270,7 +285,7 @@ def test_our_own_culler_as_another_service_is_refused(command: list[str]) -> Non
     c.JupyterHub.services.append({"name": "my-culler", "command": command})
     with pytest.raises(ConfigurationError, match="already runs hub-resilience's culler"):
         configure(c)
-    assert configure(c, cull=False).role is None
+    assert configure(c, cull=False).role["scopes"] == list(LISTING_SCOPES)  # type: ignore[index]
 
 
 def test_a_misspelt_setting_is_refused_not_ignored() -> None:
@@ -444,6 +459,7 @@ def test_the_service_reads_the_command_configure_writes() -> None:
     assert dict(app.config.ResilienceService) == {
         "ip": "", "port": 8181, "base_url": "/", "stopped_status": 424,
         "named_servers": False, "stopped_handler": True, "cull": True, "watch_parent": True,
+        "running_servers_max_age": 30.0,
     }
     culler = Culler(config=app.config, api_url="http://unused", api_token="unused")
     assert (culler.timeout, culler.cull_every, culler.cull_users) == (3600.0, 300.0, True)

@@ -22,6 +22,7 @@ from tests.support.hub import (
     running_hub,
     start_servers,
     unused_port,
+    user_token,
 )
 
 pytestmark = pytest.mark.hub
@@ -52,16 +53,21 @@ def hub_config(port: int, extra: str = "") -> str:
     return CONFIG.format(port=port, servers=SERVERS, extra=extra)
 
 
-async def handler_answers(port: int) -> float:
-    """Requests the stopped-server handler has answered (its own metric)."""
+async def service_samples(port: int, name: str, **labels: str) -> float:
+    """The sum of the service's samples of ``name`` with these labels (its own metrics)."""
     response = await fetch(f"http://127.0.0.1:{port}/metrics")
     assert response.code == 200
     return sum(
         sample.value
         for family in text_string_to_metric_families(response.body.decode())
         for sample in family.samples
-        if sample.name == "hub_resilience_stopped_server_responses_total"
+        if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+async def handler_answers(port: int, **labels: str) -> float:
+    """Requests the stopped-server handler has answered (its own metric)."""
+    return await service_samples(port, "hub_resilience_stopped_server_responses_total", **labels)
 
 
 class Tab:
@@ -108,9 +114,7 @@ async def test_routes_are_back_within_a_minute_of_a_proxy_restart() -> None:
         log = hub.log_text()
         assert "last_activity_interval = 300" in log  # the hub's own check: every 5 minutes
         assert "Route repair: the proxy's routes are checked every 30s" in log
-        token = (await client.request(
-            "POST", "/users/alice/tokens", body={"note": "tab"}, retry_safe=False
-        )).json()["token"]
+        token = await user_token(client, "alice")
         expected = {f"/user/{name}" for name in RUNNING} | {"/user"}
         assert not await missing_routes(hub, expected)
 
@@ -156,4 +160,52 @@ async def test_routes_are_back_within_a_minute_of_a_proxy_restart() -> None:
 
         log = hub.log_text()
         assert "Adding missing route for /user/alice/" in log  # JupyterHub's own check did it
+        assert "Traceback" not in log
+
+
+async def test_a_running_server_whose_route_alone_is_lost_is_never_told_it_stopped() -> None:
+    """alice's route alone is deleted from the proxy while her server runs: her tab's polls
+    now reach the stopped-server handler, which finds her server in its one listing of the
+    hub's running servers and sends them to the hub (GET) or asks to retry (POST), never
+    "stopped", until route repair (the default 30 s) puts the route back. dave's stopped
+    server is still answered by the handler alone, from that same listing."""
+    port = unused_port()
+    async with running_hub(hub_config(port)) as hub, hub.client() as client:
+        await create_users(client, ["alice", STOPPED])
+        await start_servers(client, [("alice", "")])
+        token = await user_token(client, "alice")
+        headers = {"Authorization": f"token {token}"}
+        await hub.remove_proxy_route("/user/alice")
+        removed = time.monotonic()
+        route_missing = await handler_answers(port, kind="route_missing")
+        tab = Tab(hub, token)
+        polling = asyncio.ensure_future(tab.run())
+        try:
+            save = await fetch(f"{hub.url}/user/alice/api/contents/a.ipynb", method="PUT",
+                               body="{}", headers=headers)
+            while await missing_routes(hub, {"/user/alice"}):
+                assert time.monotonic() - removed < REPAIRED_WITHIN, "alice's route not back"
+                await asyncio.sleep(0.2)
+        finally:
+            polling.cancel()
+        await tab.poll()
+        stopped = await fetch(f"{hub.url}/user/{STOPPED}/api/kernels", headers=headers)
+
+        assert (save.code, save.headers.get("Retry-After")) == (503, "5"), save.body
+        assert b"is running" in save.body
+        answers = [hop for poll in tab.polls for hop in poll]
+        assert all(status in (200, 302) for status, _ in answers), tab.polls
+        assert tab.polls[-1] == [(200, "")], tab.polls
+        gap = [poll for poll in tab.polls if poll[0][0] == 302]
+        assert gap and all(poll[0] == (302, "/hub/user/alice/api/status") for poll in gap), gap
+        assert await handler_answers(port, kind="route_missing") >= route_missing + len(gap) + 1
+        assert stopped.code == 424  # dave: stopped, answered without asking the hub again
+        # One listing of running servers served every request of the gap (max_age 30 s;
+        # the gap lasts up to the 30 s of route repair, so at most one more).
+        listings = await service_samples(
+            port, "hub_resilience_hub_api_requests_total", component="stopped_handler"
+        )
+        assert 1 <= listings <= 2, listings
+        log = hub.log_text()
+        assert "Adding missing route for /user/alice/" in log
         assert "Traceback" not in log

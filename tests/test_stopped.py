@@ -171,7 +171,7 @@ def test_a_navigation_is_sent_to_the_hub(
     assert (answer.kind, answer.status) == (Kind.PAGE, 302)
     assert answer.headers["Location"] == location
     assert answer.headers["Cache-Control"] == "no-store"
-    assert settings.status_of(Kind.PAGE) == 302
+    assert settings.statuses_of(Kind.PAGE) == (302,)
 
 
 def test_a_refused_websocket_upgrade_closes_its_connection() -> None:
@@ -180,6 +180,48 @@ def test_a_refused_websocket_upgrade_closes_its_connection() -> None:
                     "/user/alice/api/kernels/k/channels", headers, StoppedSettings())
     assert (answer.kind, answer.status) == (Kind.WEBSOCKET, 424)
     assert answer.headers["Connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "running", "status", "location"),
+    [
+        # A tab's poll and a navigation of a running server: to the hub, which redirects back
+        ("GET", "/user/alice/api/kernels?x=1", {}, {""}, 302, "/hub/user/alice/api/kernels?x=1"),
+        ("GET", "/user/alice/lab", BROWSER, {""}, 302, "/hub/user/alice/lab"),
+        # What cannot follow a redirect is told to retry, not that the server stopped
+        ("PUT", "/user/alice/api/contents/a.ipynb", {}, {""}, 503, None),
+        ("GET", "/user/alice/api/kernels/k/channels", {"Upgrade": "websocket"}, {""}, 503, None),
+        # With named servers, the running server the path names (as the hub picks it)
+        ("GET", "/user/alice/gpu/api/status", {}, {"gpu"}, 302, "/hub/user/alice/gpu/api/status"),
+    ],
+)
+def test_a_running_server_whose_route_is_missing_is_never_told_it_stopped(
+    method: str, path: str, headers: dict, running: set, status: int, location: str | None
+) -> None:
+    answer = decide(method, path.split("?")[0], path, headers, NAMED, frozenset(running))
+    assert (answer.kind, answer.status) == (Kind.ROUTE_MISSING, status)
+    assert status in NAMED.statuses_of(Kind.ROUTE_MISSING)
+    if location is None:
+        assert answer.headers["Retry-After"] == "5"
+        assert b"is running" in answer.body and b"no longer running" not in answer.body
+    else:
+        assert answer.headers["Location"] == location
+    closes = answer.headers.get("Connection") == "close"
+    assert closes == ("Upgrade" in headers)
+
+
+def test_only_the_running_server_counts_as_route_missing() -> None:
+    """alice's named server "gpu" runs, her default server does not: a request for the
+    default server is answered as stopped; without named servers every path is the default
+    server's, so "gpu" in the path names nothing."""
+    gpu = frozenset({"gpu"})
+    default = decide("GET", "/user/alice/api/status", "/user/alice/api/status", {}, NAMED, gpu)
+    assert (default.kind, default.status) == (Kind.API, 424)
+    plain = decide("GET", "/user/alice/gpu/api/status", "/user/alice/gpu/api/status", {},
+                   StoppedSettings(), gpu)
+    assert (plain.kind, plain.status) == (Kind.API, 424)
+    nobody = decide("GET", "/user/", "/user/", {}, NAMED, frozenset({""}))
+    assert nobody.kind == Kind.INVALID
 
 
 def test_spawn_url_escapes_like_jupyterhub() -> None:

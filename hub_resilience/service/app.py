@@ -23,6 +23,8 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Bunch, Enum, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from hub_resilience.backoff import BackoffPolicy
+from hub_resilience.hubclient import HubClient
 from hub_resilience.service.culler import Culler
 from hub_resilience.service.metrics import (
     REGISTRY,
@@ -31,6 +33,7 @@ from hub_resilience.service.metrics import (
     STOPPED_SERVER_RESPONSES,
     StoppedKind,
 )
+from hub_resilience.service.running import RunningServers
 from hub_resilience.service.stopped import StoppedServerHandler, StoppedSettings
 
 log = logging.getLogger("hub_resilience.service")
@@ -70,6 +73,15 @@ class ResilienceService(LoggingConfigurable):
     ).tag(config=True)
 
     stopped_handler = Bool(True, help="Answer requests for stopped servers.").tag(config=True)
+
+    running_servers_max_age = Float(
+        30.0,
+        help="Seconds the handler trusts its listing of the hub's running servers, by which "
+        "it tells a running server whose proxy route is missing (sent where the hub serves "
+        "it, counted as kind route_missing) from a stopped one. A request for a stopped "
+        "server lists them again (GET /users?state=ready, one listing for all users) when the "
+        "last listing is older. 0: never list; every request is answered as stopped.",
+    ).tag(config=True)
 
     cull = Bool(True, help="Run the culler (configured as c.Culler.<option>).").tag(config=True)
 
@@ -113,6 +125,15 @@ class ResilienceService(LoggingConfigurable):
             value = "/" + value
         return value if value.endswith("/") else value + "/"
 
+    @validate("running_servers_max_age")
+    def _finite_non_negative(self, proposal: Bunch) -> float:
+        if not 0 <= proposal.value < float("inf"):
+            raise TraitError(
+                f"ResilienceService.running_servers_max_age must be >= 0 and finite, not "
+                f"{proposal.value}"
+            )
+        return proposal.value
+
     @validate("parent_check_interval", "orphan_timeout", "shutdown_timeout")
     def _positive(self, proposal: Bunch) -> float:
         if not proposal.value > 0:
@@ -132,6 +153,30 @@ class ResilienceService(LoggingConfigurable):
         self._stopping = asyncio.Event()
         self._culler_paused = False
         self._tasks: list[asyncio.Task] = []
+        self.running = self._running_servers()
+        if self.culler is not None and self.running is not None:
+            self.culler.on_server_stopped = self.running.forget
+
+    def _running_servers(self) -> RunningServers | None:
+        """The handler's listing of running servers, with the hub API this service runs
+        under; None when off, or when there is no hub API to ask (a warning says so)."""
+        if not (self.stopped_handler and self.running_servers_max_age):
+            return None
+        try:
+            client = HubClient.from_environment(
+                # A listing holds the requests waiting for it: a few quick tries, then the
+                # last listing is used.
+                policy=BackoffPolicy(base=0.5, cap=2, max_attempts=3, deadline=10,
+                                     retry_after_cap=5),
+                request_timeout=10,
+                component="stopped_handler",
+                logger=self.log,
+            )
+        except ValueError as e:
+            self.log.warning("Running servers are not listed (%s): a running server whose "
+                             "route is missing is answered as stopped", e)
+            return None
+        return RunningServers(client, self.running_servers_max_age)
 
     # -- the web application ----------------------------------------------------------------
 
@@ -150,7 +195,7 @@ class ResilienceService(LoggingConfigurable):
             handlers.append((
                 rf"{re.escape(self.base_url)}user(?:/.*)?",
                 StoppedServerHandler,
-                {"settings": self.stopped_settings},
+                {"settings": self.stopped_settings, "running": self.running},
             ))
         return web.Application(
             handlers, default_handler_class=NotFoundHandler, log_function=log_request
@@ -206,7 +251,8 @@ class ResilienceService(LoggingConfigurable):
         """Serve until :meth:`stop`; returns after a clean shutdown."""
         settings = self.stopped_settings
         for kind in StoppedKind:  # every series exists from the start, at 0
-            STOPPED_SERVER_RESPONSES.labels(kind, str(settings.status_of(kind)))
+            for status in settings.statuses_of(kind):
+                STOPPED_SERVER_RESPONSES.labels(kind, str(status))
         SERVICE_ORPHANED.set(0)
         if self._server is None:
             self.listen()
@@ -236,6 +282,8 @@ class ResilienceService(LoggingConfigurable):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.culler is not None:
             await self.culler.close()
+        if self.running is not None:
+            await self.running.client.close()
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.close_all_connections(), self.shutdown_timeout)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -256,6 +257,8 @@ class Culler(LoggingConfigurable):
         self._slots: asyncio.Semaphore | None = None
         self.cycles_run = 0
         self.last_report: CycleReport | None = None
+        #: Told of each server the culler stopped (the service forgets it was running).
+        self.on_server_stopped: Callable[[str, str], None] | None = None
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -570,6 +573,8 @@ class Culler(LoggingConfigurable):
         if outcome.result in (StopResult.STOPPED, StopResult.STOPPING):
             report.servers_culled += 1
             CULLER_SERVERS_CULLED.labels(decision.reason).inc()
+            if self.on_server_stopped is not None:
+                self.on_server_stopped(name, server_name)
         if outcome.result is StopResult.STOPPED:
             return ServerOutcome.STOPPED
         if outcome.result is StopResult.STOPPING:

@@ -42,6 +42,9 @@ class StoppedKind(LabelEnum):
     PAGE = "page"  # a browser navigation: redirected (302) to the hub, which knows the user
     RESOURCE = "resource"  # a sub-resource (script, image...): a plain-text answer
     INVALID = "invalid"  # no user name in the path: 404
+    #: the hub listed the server as running: its route alone is missing (302 to the hub for
+    #: a GET, else 503 and Retry-After), never told it stopped
+    ROUTE_MISSING = "route_missing"
 
 
 class CycleResult(LabelEnum):
@@ -108,8 +111,11 @@ CULLER_SKIPPED = Counter(
 
 STOPPED_SERVER_RESPONSES = Counter(
     f"{PREFIX}_stopped_server_responses_total",
-    "Requests for servers that are not running, answered by the resilience service instead "
-    "of the hub, by kind of request and HTTP status (424, 503 or 404).",
+    "Requests reaching the stopped-server handler (the proxy had no route for their server), "
+    "answered by the resilience service instead of the hub, by kind of request and HTTP "
+    "status: the hub's stopped status (424, 503 or 404), 302 for a browser navigation sent "
+    "to the hub, 404 for a path naming no user; kind route_missing is a server the hub "
+    "listed as running whose route is missing (302 to the hub for a GET, else 503).",
     ["kind", "status"],
     registry=REGISTRY,
 )

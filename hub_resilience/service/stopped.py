@@ -3,8 +3,10 @@
 Why: tabs left open on a stopped server keep polling it, and through the proxy's default
 route those requests land on the hub, which locked up under them in the incident. What needs
 no knowledge of the user (API, JSON, websocket, sub-resources: the bulk) is answered here; a
-browser navigation is sent to the hub, which knows the user's servers. The
-decision (:func:`decide`) is pure; :class:`StoppedServerHandler` is the tornado adapter.
+browser navigation is sent to the hub, which knows the user's servers. A request for a server
+the hub listed as running lost only its route (a proxy restart, until route repair): it is
+sent where the hub can serve it, never told the server stopped. The decision
+(:func:`decide`) is pure; :class:`StoppedServerHandler` is the tornado adapter.
 What each request gets is in docs/service.md ("The stopped-server handler").
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 
 from hub_resilience.service.metrics import STOPPED_SERVER_RESPONSES, StoppedKind
+from hub_resilience.service.running import RunningServers
 
 #: First path segments of a *default* server's URLs (Jupyter Server, JupyterLab, classic
 #: notebook, common extensions). With named servers on, a path whose segment after the user
@@ -45,6 +48,11 @@ NO_STORE_HEADERS = {
 }
 #: A refused websocket upgrade also closes its connection: nothing is held open for it.
 WEBSOCKET_HEADERS = {**NO_STORE_HEADERS, "Connection": "close"}
+#: What a request that cannot follow a redirect (a websocket upgrade, a non-GET: the hub
+#: fails every non-GET for /user/ with "not running") gets when its server runs but its route
+#: is missing: try again shortly, by when route repair has put the route back.
+ROUTE_MISSING_STATUS = 503
+ROUTE_MISSING_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True)
@@ -67,11 +75,13 @@ class StoppedSettings:
         """The path prefix the proxy routes here: ``{base_url}user/``."""
         return self.base_url + "user/"
 
-    def status_of(self, kind: StoppedKind) -> int:
-        """The status every answer of this kind gets (the ``status`` metric label)."""
+    def statuses_of(self, kind: StoppedKind) -> tuple[int, ...]:
+        """The statuses answers of this kind get (the ``status`` metric label)."""
         if kind == StoppedKind.INVALID:
-            return 404
-        return NAVIGATION_STATUS if kind == StoppedKind.PAGE else self.status
+            return (404,)
+        if kind == StoppedKind.ROUTE_MISSING:
+            return (NAVIGATION_STATUS, ROUTE_MISSING_STATUS)
+        return (NAVIGATION_STATUS,) if kind == StoppedKind.PAGE else (self.status,)
 
 
 @dataclass(frozen=True)
@@ -210,15 +220,57 @@ def navigation_answer(settings: StoppedSettings, path: str, uri: str) -> Answer:
     return Answer(StoppedKind.PAGE, NAVIGATION_STATUS, "text/plain; charset=UTF-8", body, headers)
 
 
-def decide(
-    method: str, path: str, uri: str, headers: Mapping[str, str], settings: StoppedSettings
+def server_of(server_path: ServerPath, running: frozenset[str], settings: StoppedSettings) -> str:
+    """The name of the running server a path is for, as the hub's ``UserUrlHandler`` picks it:
+    with named servers on, the segment after the user name when it names one of the user's
+    running servers, else the default server ("")."""
+    first = server_path.rest[0] if server_path.rest else ""
+    if settings.named_servers and first and first in running:
+        return first
+    return ""
+
+
+def route_missing_answer(
+    method: str, kind: StoppedKind, settings: StoppedSettings, path: str, uri: str
 ) -> Answer:
-    """The whole answer to one request reaching the handler (pure)."""
+    """A running server whose route alone is missing: a GET goes to the hub, which redirects
+    it back (with its own backoff) until the route returns; a request that cannot follow that
+    (an upgrade, a non-GET) is told to retry shortly. Never "stopped"."""
+    if method.upper() in ("GET", "HEAD") and kind != StoppedKind.WEBSOCKET:
+        location = hub_url(settings, path, uri)
+        body = f"Redirecting to {location}\n".encode()
+        headers = {**NO_STORE_HEADERS, "Location": location}
+        return Answer(StoppedKind.ROUTE_MISSING, NAVIGATION_STATUS, "text/plain; charset=UTF-8",
+                      body, headers)
+    shown = path[len(settings.base_url) - 1:]
+    message = {
+        "status": ROUTE_MISSING_STATUS,
+        "message": f"The server at {shown} is running; its route is being restored. "
+        f"Retry in {ROUTE_MISSING_RETRY_AFTER} s.",
+    }
+    base = WEBSOCKET_HEADERS if kind == StoppedKind.WEBSOCKET else NO_STORE_HEADERS
+    headers = {**base, "Retry-After": str(ROUTE_MISSING_RETRY_AFTER)}
+    return Answer(StoppedKind.ROUTE_MISSING, ROUTE_MISSING_STATUS, "application/json",
+                  json.dumps(message).encode(), headers)
+
+
+def decide(
+    method: str,
+    path: str,
+    uri: str,
+    headers: Mapping[str, str],
+    settings: StoppedSettings,
+    running: frozenset[str] = frozenset(),
+) -> Answer:
+    """The whole answer to one request reaching the handler (pure). ``running`` holds the
+    names of the user's servers the hub last listed as ready."""
     server_path = parse_server_path(path, settings)
     kind = classify(method, headers, server_path)
     if server_path is None:
         body = json.dumps({"status": 404, "message": "No user server in this URL."})
         return Answer(StoppedKind.INVALID, 404, "application/json", body.encode(), NO_STORE_HEADERS)
+    if server_of(server_path, running, settings) in running:
+        return route_missing_answer(method, kind, settings, path, uri)
     if kind in JSON_KINDS:
         return json_answer(kind, settings, path, server_path)
     if kind == StoppedKind.PAGE:
@@ -237,8 +289,9 @@ class StoppedServerHandler(web.RequestHandler):
     held in memory.
     """
 
-    def initialize(self, settings: StoppedSettings) -> None:
+    def initialize(self, settings: StoppedSettings, running: RunningServers | None = None) -> None:
         self.stopped = settings
+        self.running = running
 
     def data_received(self, chunk: bytes) -> None:
         """Drop the body: nothing in it changes the answer."""
@@ -247,12 +300,18 @@ class StoppedServerHandler(web.RequestHandler):
         """Nothing here acts on a request, so there is nothing to protect."""
 
     async def _answer(self, *args: Any) -> None:
+        path = self.request.path
+        server_path = parse_server_path(path, self.stopped)
+        running: frozenset[str] = frozenset()
+        if self.running is not None and server_path is not None:
+            running = await self.running.servers_of(server_path.user)
         answer = decide(
             self.request.method or "GET",
-            self.request.path,
-            self.request.uri or self.request.path,
+            path,
+            self.request.uri or path,
             self.request.headers,
             self.stopped,
+            running,
         )
         self.set_status(answer.status)
         self.set_header("Content-Type", answer.content_type)

@@ -311,6 +311,17 @@ class LocalHub:
         routes: dict[str, Any] = json.loads(response.body)
         return routes
 
+    async def remove_proxy_route(self, routespec: str) -> None:
+        """Delete one route from the proxy, as a lost route looks (the hub is not told)."""
+        http = AsyncHTTPClient(force_instance=True)
+        try:
+            await http.fetch(HTTPRequest(
+                f"{self.proxy_api_url}/api/routes{routespec}", method="DELETE",
+                headers={"Authorization": f"token {self.proxy_token}"}, request_timeout=30,
+            ))
+        finally:
+            http.close()
+
     async def restart_proxy(self) -> None:
         """Kill the proxy (SIGKILL, as when its pod is deleted or crashes) and start a new one
         on the same ports with an empty route table, as a new proxy pod starts; the hub is

@@ -50,6 +50,7 @@ __all__ = [
     "running_hub",
     "start_servers",
     "unused_port",
+    "user_token",
     "wait_until",
 ]
 
@@ -111,6 +112,14 @@ async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
         return await http.fetch(HTTPRequest(url, **kwargs), raise_error=False)
     finally:
         http.close()
+
+
+async def user_token(client: HubClient, name: str) -> str:
+    """A token of user ``name``, so a test browser (or tab) is logged in as that user."""
+    response = await client.request(
+        "POST", f"/users/{name}/tokens", body={"note": "test browser"}, retry_safe=False
+    )
+    return str(response.json()["token"])
 
 
 async def wait_until(
