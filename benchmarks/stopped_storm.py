@@ -34,7 +34,7 @@ from benchmarks.common import (
     measure,
 )
 from hub_resilience.tools.localhub import LocalHub, unused_port
-from hub_resilience.tools.simulate import TAB_PATHS, fetch_status
+from hub_resilience.tools.simulate import NAVIGATION_HEADERS, TAB_PATHS, fetch_status
 
 
 async def storm(hub: LocalHub, names: list[str], requests: int, concurrency: int) -> dict:
@@ -63,11 +63,6 @@ async def storm(hub: LocalHub, names: list[str], requests: int, concurrency: int
     return statuses
 
 
-BROWSER = {
-    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    "Sec-Fetch-Mode": "navigate",
-    "Sec-Fetch-Dest": "document",
-}
 
 
 async def navigate(hub: LocalHub, names: list[str], count: int, concurrency: int) -> dict:
@@ -75,7 +70,8 @@ async def navigate(hub: LocalHub, names: list[str], count: int, concurrency: int
     http = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
     targets = itertools.cycle(f"{hub.url}/user/{name}/lab" for name in names)
     requests = [
-        HTTPRequest(next(targets), headers={**BROWSER, "Authorization": f"token {hub.token}"},
+        HTTPRequest(next(targets),
+                    headers={**NAVIGATION_HEADERS, "Authorization": f"token {hub.token}"},
                     follow_redirects=True, max_redirects=5, request_timeout=120)
         for _ in range(count)
     ]

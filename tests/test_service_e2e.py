@@ -27,6 +27,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 
 from hub_resilience.hubclient import HubClient
+from hub_resilience.tools.simulate import NAVIGATION_HEADERS
 from tests.support.hub import (
     RunningHub,
     create_users,
@@ -54,11 +55,6 @@ exec(compile(open({dropin!r}).read(), {dropin!r}, "exec"))
 
 HUB_METRICS_HANDLER = "jupyterhub.handlers.metrics.MetricsHandler"
 NAVIGATION = 302  # what the handler answers a browser navigation: a redirect to the hub
-BROWSER = {
-    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    "Sec-Fetch-Mode": "navigate",
-    "Sec-Fetch-Dest": "document",
-}
 
 
 def hub_config(port: int, *, before: str = "", after: str = "") -> str:
@@ -213,7 +209,7 @@ async def storm(hub: RunningHub, marker: str, *, rounds: int) -> dict[str, list[
                 f"{url}/user/bob/lab/workspaces?{marker}={i}",
                 headers={"X-Requested-With": "XMLHttpRequest"}))),
             ("page", lambda i=i: _code(fetch(f"{url}/user/dave/lab?{marker}={i}",
-                                             headers=BROWSER))),
+                                             headers=NAVIGATION_HEADERS))),
         ]
         if i % 5 == 0:
             plan.append(("websocket", lambda i=i: websocket_status(
@@ -275,7 +271,7 @@ async def assert_navigations_end_where_the_hub_sends_them(
     """bob (named servers on, his default server stopped) follows an nbgitpuller link, a
     code-server link and a JupyterLab link: each ends at the hub's own "not running" page for
     his default server (the hub looked his servers up), and no named server is created."""
-    browser = {**BROWSER, "Authorization": f"token {await user_token(client, 'bob')}"}
+    browser = {**NAVIGATION_HEADERS, "Authorization": f"token {await user_token(client, 'bob')}"}
     before = sorted((await client.get_json("/users/bob", {"include_stopped_servers": "1"}))
                     ["servers"])
     links = (
@@ -302,7 +298,7 @@ async def assert_navigations_end_where_the_hub_sends_them(
 
 async def assert_running_servers_reached(hub: RunningHub) -> None:
     for path in ("/user/alice/lab", "/user/carol/lab/tree", "/user/carol/lab/api/status"):
-        response = await fetch(hub.url + path, headers=BROWSER)
+        response = await fetch(hub.url + path, headers=NAVIGATION_HEADERS)
         assert response.code == 200, (path, response.code)
         assert f"simulated single-user server: {path}" in response.body.decode() or (
             path.endswith("/api/status") and b'"simulated": true' in response.body
@@ -342,11 +338,11 @@ async def test_storm_for_stopped_servers_never_reaches_the_hub(service_port: int
         named = await fetch(f"{hub.url}/user/frank/gpu/api/kernels")
         assert json.loads(named.body)["spawn_url"] == "/hub/home"
         assert api.headers["Cache-Control"] == "no-store"
-        page = await fetch(f"{hub.url}/user/dave/lab/tree/x.ipynb?r=1", headers=BROWSER)
+        page = await fetch(f"{hub.url}/user/dave/lab/tree/x.ipynb?r=1", headers=NAVIGATION_HEADERS)
         assert page.code == NAVIGATION
         assert page.headers["Location"] == "/hub/user/dave/lab/tree/x.ipynb?r=1"
         await create_users(client, ["eve<b>"])
-        evil = await fetch(f"{hub.url}/user/eve%3Cb%3E/lab", headers=BROWSER)
+        evil = await fetch(f"{hub.url}/user/eve%3Cb%3E/lab", headers=NAVIGATION_HEADERS)
         assert (evil.code, evil.headers["Location"]) == (NAVIGATION, "/hub/user/eve%3Cb%3E/lab")
 
         await assert_navigations_end_where_the_hub_sends_them(hub, client)

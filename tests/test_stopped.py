@@ -24,14 +24,10 @@ from hub_resilience.service.stopped import (
     parse_server_path,
     spawn_url,
 )
+from hub_resilience.tools.simulate import NAVIGATION_HEADERS
 from tests.support.hub import unused_port
 
 NAMED = StoppedSettings(named_servers=True)
-BROWSER = {
-    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    "Sec-Fetch-Mode": "navigate",
-    "Sec-Fetch-Dest": "document",
-}
 
 # -- which server a path is for -------------------------------------------------------------
 
@@ -94,22 +90,22 @@ ALICE_API = ServerPath("alice", ["api", "kernels"])
         ("GET", {"Upgrade": "websocket", "Connection": "Upgrade"}, ALICE_API, Kind.WEBSOCKET),
         ("GET", {"Upgrade": "WebSocket"}, ALICE, Kind.WEBSOCKET),
         ("POST", {}, ALICE, Kind.API),
-        ("PUT", BROWSER, ALICE, Kind.API),  # every non-GET is an Kind.API call, as for the hub
+        ("PUT", NAVIGATION_HEADERS, ALICE, Kind.API),  # every non-GET is API, as for the hub
         ("DELETE", {}, ALICE_API, Kind.API),
         ("GET", {"X-Requested-With": "XMLHttpRequest"}, ALICE, Kind.XHR),
-        ("GET", BROWSER, ALICE_API, Kind.API),  # an "api" segment, whatever the Accept
+        ("GET", NAVIGATION_HEADERS, ALICE_API, Kind.API),  # an "api" segment, whatever the Accept
         ("GET", {"Accept": "application/json"}, ALICE, Kind.JSON),
         ("GET", {"Accept": "text/html;q=0.5, application/json"}, ALICE, Kind.JSON),
         ("GET", {"Accept": "application/json;q=0.2, text/html"}, ALICE, Kind.PAGE),
         ("GET", {"Accept": "text/html, application/json"}, ALICE, Kind.PAGE),
-        ("GET", BROWSER, ALICE, Kind.PAGE),
-        ("HEAD", BROWSER, ALICE, Kind.PAGE),
+        ("GET", NAVIGATION_HEADERS, ALICE, Kind.PAGE),
+        ("HEAD", NAVIGATION_HEADERS, ALICE, Kind.PAGE),
         ("GET", {}, ALICE, Kind.PAGE),  # curl: no Accept preference, no fetch metadata
         ("GET", {"Accept": "*/*"}, ALICE, Kind.PAGE),
         ("GET", {"Sec-Fetch-Dest": "script", "Sec-Fetch-Mode": "no-cors"}, ALICE, Kind.RESOURCE),
         ("GET", {"Sec-Fetch-Dest": "image", "Accept": "image/avif,*/*"}, ALICE, Kind.RESOURCE),
         ("GET", {"Sec-Fetch-Dest": "iframe", "Sec-Fetch-Mode": "navigate"}, ALICE, Kind.PAGE),
-        ("GET", BROWSER, None, Kind.INVALID),
+        ("GET", NAVIGATION_HEADERS, None, Kind.INVALID),
     ],
 )
 def test_classify(
@@ -167,7 +163,7 @@ def test_a_path_that_may_name_a_server_points_to_the_hub_home_not_a_guessed_spaw
 def test_a_navigation_is_sent_to_the_hub(
     settings: StoppedSettings, path: str, uri: str, location: str
 ) -> None:
-    answer = decide("GET", path, uri, BROWSER, settings)
+    answer = decide("GET", path, uri, NAVIGATION_HEADERS, settings)
     assert (answer.kind, answer.status) == (Kind.PAGE, 302)
     assert answer.headers["Location"] == location
     assert answer.headers["Cache-Control"] == "no-store"
@@ -187,7 +183,7 @@ def test_a_refused_websocket_upgrade_closes_its_connection() -> None:
     [
         # A tab's poll and a navigation of a running server: to the hub, which redirects back
         ("GET", "/user/alice/api/kernels?x=1", {}, {""}, 302, "/hub/user/alice/api/kernels?x=1"),
-        ("GET", "/user/alice/lab", BROWSER, {""}, 302, "/hub/user/alice/lab"),
+        ("GET", "/user/alice/lab", NAVIGATION_HEADERS, {""}, 302, "/hub/user/alice/lab"),
         # What cannot follow a redirect is told to retry, not that the server stopped
         ("PUT", "/user/alice/api/contents/a.ipynb", {}, {""}, 503, None),
         ("GET", "/user/alice/api/kernels/k/channels", {"Upgrade": "websocket"}, {""}, 503, None),
@@ -236,7 +232,7 @@ def test_sub_resources_get_plain_text_and_unknown_paths_404() -> None:
                     {"Sec-Fetch-Dest": "script"}, StoppedSettings(status=503))
     assert (answer.kind, answer.status) == (Kind.RESOURCE, 503)
     assert answer.body == b"The server of user 'alice' is not running.\n"
-    nobody = decide("GET", "/user/", "/user/", BROWSER, StoppedSettings())
+    nobody = decide("GET", "/user/", "/user/", NAVIGATION_HEADERS, StoppedSettings())
     assert (nobody.kind, nobody.status) == (Kind.INVALID, 404)
 
 
@@ -293,8 +289,9 @@ async def test_handler_answers_every_kind_and_counts_it(service: ResilienceServi
     xhr = await fetch(f"{base}/user/alice/lab/workspaces",
                       headers={"X-Requested-With": "XMLHttpRequest"})
     as_json = await fetch(f"{base}/user/alice/tree", headers={"Accept": "application/json"})
-    page = await fetch(f"{base}/user/alice/gpu/lab?x=1", headers=BROWSER, follow_redirects=False)
-    head = await fetch(f"{base}/user/alice/lab", method="HEAD", headers=BROWSER,
+    page = await fetch(f"{base}/user/alice/gpu/lab?x=1", headers=NAVIGATION_HEADERS,
+                       follow_redirects=False)
+    head = await fetch(f"{base}/user/alice/lab", method="HEAD", headers=NAVIGATION_HEADERS,
                        follow_redirects=False)
     script = await fetch(f"{base}/user/alice/static/x.js", headers={"Sec-Fetch-Dest": "script"})
     with pytest.raises(HTTPClientError) as refused:

@@ -57,6 +57,12 @@ SETUP_COMPONENT = "simulate_setup"
 
 #: What a JupyterLab tab polls on its server; the simulated tab cycles through these.
 TAB_PATHS = ("api/kernels", "api/sessions", "api/terminals", "api/contents?content=0")
+#: The headers a browser sends with a page navigation (what the handler sends to the hub).
+NAVIGATION_HEADERS = {
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+}
 
 CLIENTS = ("backoff", "immediate")
 
