@@ -42,6 +42,13 @@ class ConfigurationError(ValueError):
         super().__init__(f"hub_resilience.configure: {message}")
 
 
+#: What 0 switches off, for the settings where it does.
+SWITCHED_OFF_BY_0 = {
+    "route_check_interval": "route repair",
+    "running_servers_max_age": "the stopped-server handler's listing of running servers",
+}
+
+
 class HubResilience(Configurable):
     """The options of :func:`configure`; set them as ``c.HubResilience.<option>`` (z2jh:
     ``hub.config.HubResilience``) or as keyword arguments of ``configure(c, ...)``."""
@@ -306,9 +313,10 @@ class HubResilience(Configurable):
     @validate("route_check_interval", "running_servers_max_age")
     def _valid_seconds_or_off(self, proposal: Bunch) -> float:
         if not (math.isfinite(proposal.value) and proposal.value >= 0):
+            off = SWITCHED_OFF_BY_0[proposal.trait.name]
             raise TraitError(
                 f"HubResilience.{proposal.trait.name} must be a number of seconds >= 0 "
-                f"(0 switches it off), got {proposal.value!r}"
+                f"(0 switches {off} off), got {proposal.value!r}"
             )
         return proposal.value
 
