@@ -22,6 +22,7 @@ import asyncio
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -269,8 +270,8 @@ async def test_a_lost_route_is_repaired_under_the_open_tab(tmp_path: Path) -> No
             await asyncio.sleep(0.2)
         repaired = time.time()
         gap = s.requests.since(deleted, SERVER_PREFIX)
-        print(f"route back after {repaired - deleted:.1f}s; the tab's requests meanwhile: "
-              f"{summary(gap)}")
+        print(f"route back after {repaired - deleted:.1f}s; the tab's requests meanwhile "
+              f"(method, status: count): {dict(Counter((e.method, e.status) for e in gap))}")
         assert [e for e in gap if e.started < repaired], "the tab sent nothing without its route"
 
         # The tab works again: a new text file from its launcher (a POST to its server).
@@ -278,9 +279,12 @@ async def test_a_lost_route_is_repaired_under_the_open_tab(tmp_path: Path) -> No
         await s.tab.locator(".lm-TabBar-tabLabel", has_text="untitled.txt").wait_for(
             state="visible", timeout=30_000
         )
+        await s.tab.locator(".jp-DirListing-item", has_text="untitled.txt").wait_for(
+            state="visible", timeout=30_000
+        )  # and its file browser lists it
         await s.tab.screenshot(path=shots / "after-repair.png")
-        created = [e for e in s.requests.since(repaired, SERVER_PREFIX + "api/contents")
-                   if e.method == "POST"]
+        created = [e for e in s.requests.since(repaired, SERVER_PREFIX)
+                   if e.method == "POST" and e.path == f"{SERVER_PREFIX}api/contents"]
         assert [e.status for e in created] == [201], summary(created)
         assert created[0].from_jupyterhub  # the server itself answered
         assert (tmp_path / "homes" / USER / "untitled.txt").exists()
@@ -289,3 +293,5 @@ async def test_a_lost_route_is_repaired_under_the_open_tab(tmp_path: Path) -> No
         told_stopped = [e for e in s.requests.since(deleted, SERVER_PREFIX)
                         if e.status == STOPPED]
         assert told_stopped == [], summary(told_stopped)
+        # JupyterHub's own route check put it back (route repair runs it every 30 s).
+        assert f"Adding missing route for {SERVER_PREFIX}" in s.hub.log_text()
