@@ -256,7 +256,7 @@ async def test_a_lost_route_is_repaired_under_the_open_tab(tmp_path: Path) -> No
         # Right after a route check, so that the tab polls through a whole interval (30 s)
         # without its route.
         await next_route_check(s.hub)
-        await s.hub.delete_proxy_route(routespec)
+        await s.hub.remove_proxy_route(routespec)
         deleted, since = time.time(), time.monotonic()
 
         while routespec not in await s.hub.proxy_routes():
