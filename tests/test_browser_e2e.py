@@ -13,14 +13,16 @@ in through the hub's login form.
   server stopped, and works again once the hub's route repair (every 30 s) has put the
   route back.
 
-Screenshots go to ``$HUB_RESILIENCE_ARTIFACTS/<case>/`` (or ``artifacts/`` in the test's
-temporary directory); each test prints where.
+Screenshots go to ``$HUB_RESILIENCE_ARTIFACTS/<case>/`` (``scripts/test`` sets it to
+``$HUB_RESILIENCE_HOME/artifacts/<lane>``), or to ``artifacts/`` in the test's temporary
+directory; each test prints where.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -123,7 +125,8 @@ def artifacts(tmp_path: Path, case: str) -> Path:
     """Where a case's screenshots go (printed, so that the run's output says where)."""
     root = os.environ.get("HUB_RESILIENCE_ARTIFACTS")
     directory = Path(root) / case if root else tmp_path / "artifacts"
-    directory.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)  # no screenshot of an earlier run
+    directory.mkdir(parents=True)
     print(f"screenshots of {case}: {directory}")
     return directory
 
