@@ -137,6 +137,7 @@ def hub_requests(log: str) -> list[dict[str, str]]:
 
 
 async def metric_sum(url: str, name: str, token: str | None = None) -> float:
+    """The sum of a metric's samples at a Prometheus endpoint (its labels added up)."""
     headers = {"Authorization": f"token {token}"} if token else {}
     response = await fetch(url, headers=headers)
     assert response.code == 200, (url, response.code)
@@ -174,6 +175,7 @@ async def next_route_check(hub: RunningHub, timeout: float = REPAIRED_WITHIN) ->
 
 
 def flat(text: str) -> str:
+    """A dialog's text on one line (the DOM's line breaks vary with the layout)."""
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -183,6 +185,7 @@ def summary(exchanges: list[Exchange]) -> list[tuple[str, str, int | None, bool]
 
 
 async def visible_dialog(tab: Page) -> Locator | None:
+    """JupyterLab's dialog if one is shown now (checked without waiting)."""
     dialog = tab.locator(DIALOG)
     return dialog.first if await dialog.count() and await dialog.first.is_visible() else None
 

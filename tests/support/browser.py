@@ -9,11 +9,12 @@ the Debian package and the test extra brings Playwright, whose wheel carries its
 
 Usage::
 
-    async with running_hub(jupyterlab_config(tmp_path / "homes") + "configure(c)") as hub:
+    config = jupyterlab_config(tmp_path / "homes") + "from hub_resilience import configure\n"
+    async with running_hub(config + "configure(c)") as hub:
         async with chromium(tmp_path / "profile") as browser:
             tab = await browser.new_page()
-            await log_in(tab, hub.url, "alice")
-            await wait_for_lab(tab, "alice")
+            await log_in(tab, hub.url, "alice")  # the hub starts her server: JupyterLab
+            await wait_for_lab(tab)
 """
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ class Exchange:
 
     @property
     def path(self) -> str:
+        """The URL's path, which says whose server (and which proxy route) it is for."""
         return urlsplit(self.url).path
 
 
