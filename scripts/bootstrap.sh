@@ -7,7 +7,8 @@
 #     then the package installed into it as our docs tell operators to, unless
 #     HUB_RESILIENCE_LANES=newest (scripts/test's lanes; the demo does not need it);
 #   - configurable-http-proxy (npm) at $HUB_RESILIENCE_HOME/node, put on PATH by scripts/env.sh;
-#   - promtool (Debian's `prometheus` package);
+#   - promtool (Debian's `prometheus` package) and Chromium (Debian's `chromium`, for the
+#     browser tests, which Playwright from the test extra drives);
 #   - the local Kubernetes control plane (tests/k8s/build.sh), unless SKIP_K8S_BUILD=1.
 # Each step is skipped when its result is already there, so a second run takes seconds.
 set -euo pipefail
@@ -96,16 +97,35 @@ if [[ ! -x "$HUB_RESILIENCE_HOME/node/node_modules/.bin/configurable-http-proxy"
     "configurable-http-proxy@^5" >/dev/null
 fi
 
+# Debian's package lists, read once for the packages below.
+export DEBIAN_FRONTEND=noninteractive
+sudo_cmd=""; [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
+apt_updated=0
+apt_update_once() {
+  if [[ $apt_updated -eq 0 ]]; then
+    $sudo_cmd apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+}
+
 if ! command -v promtool >/dev/null; then
   log "installing promtool (Debian package prometheus)"
-  export DEBIAN_FRONTEND=noninteractive
-  sudo_cmd=""; [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq >/dev/null
+  apt_update_once
   # --no-install-recommends; policy-rc.d keeps Debian from starting a Prometheus server.
   printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
   $sudo_cmd chmod +x /usr/sbin/policy-rc.d
   $sudo_cmd apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   $sudo_cmd rm -f /usr/sbin/policy-rc.d
+fi
+
+# The browser tests drive Debian's Chromium (Playwright's own browser builds are downloads,
+# which these machines cannot make); HUB_RESILIENCE_CHROMIUM names another one.
+if [[ -z "${HUB_RESILIENCE_CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
+  log "installing Chromium (Debian package chromium) for the browser tests"
+  started=$SECONDS
+  apt_update_once
+  $sudo_cmd apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  log "Chromium installed in $((SECONDS - started))s"
 fi
 
 if [[ "${SKIP_K8S_BUILD:-0}" != "1" ]]; then
