@@ -16,6 +16,7 @@ from kubernetes_asyncio.client import V1ObjectMeta, V1Pod
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from prometheus_client import REGISTRY
+from tornado import web
 
 from hub_resilience.hub.k8s_requests import K8sRequestFailed
 from hub_resilience.hub.metrics import K8sOperation, K8sRetryReason
@@ -151,7 +152,8 @@ async def test_http_timeout_is_counted_as_such_not_as_success(spawner, monkeypat
 
     monkeypatch.setattr(KubeSpawner, "stop", stopped)
     before = outcome_count("http_timeout"), outcome_count("success")
-    spawner._timing = SpawnTiming(requested=time.monotonic(), running=time.monotonic())
+    now = time.monotonic()
+    spawner._timing = SpawnTiming(requested=now, start_timeout=300, running=now)
     spawner._waiting_for_response = True
     await spawner.stop()
     spawner._waiting_for_response = False
@@ -161,7 +163,8 @@ async def test_http_timeout_is_counted_as_such_not_as_success(spawner, monkeypat
 
 async def test_a_server_that_answers_is_a_success(spawner) -> None:
     before = outcome_count("success")
-    spawner._timing = SpawnTiming(requested=time.monotonic(), running=time.monotonic())
+    now = time.monotonic()
+    spawner._timing = SpawnTiming(requested=now, start_timeout=300, running=now)
     spawner._waiting_for_response = True
     spawner._waiting_for_response = False
     assert outcome_count("success") - before == 1
@@ -180,12 +183,122 @@ async def test_the_hubs_start_timeout_is_reported_with_the_cause(spawner, monkey
     spawner.start_timeout = 2
     before = outcome_count("unschedulable")
     with pytest.raises(TimeoutError) as raised:
-        await asyncio.wait_for(spawner._start(), timeout=spawner.start_timeout)
+        await hub_waits_for(spawner)
     assert "did not start within 2 seconds because no node in the cluster has room" in str(
         raised.value
     )
     assert "4 Insufficient cpu" in str(raised.value)
     assert outcome_count("unschedulable") - before == 1
+
+
+async def hub_waits_for(spawner: ResilientKubeSpawner) -> str:
+    """What JupyterHub 5.5 and 6.1 do (User.spawn): call start(), then at once wait for it
+    for the start_timeout the spawner has then."""
+    f = spawner.start()
+    return await asyncio.wait_for(f, timeout=spawner.start_timeout)
+
+
+@pytest.mark.parametrize("why", ["a profile raises start_timeout", "the event loop lags"])
+async def test_the_hubs_cancel_is_told_by_the_wait_the_hub_began(
+    spawner, monkeypatch, why: str
+) -> None:
+    """The hub's wait (start_timeout read as start() returns) is what cancels: neither a
+    profile's later start_timeout (KubeSpawner's own pod wait) nor a late first step of
+    _start makes the cancel pass through unrecorded."""
+
+    async def never_runs(self) -> str:
+        if why == "a profile raises start_timeout":
+            self.start_timeout = 60  # load_user_options applies kubespawner_override
+        await asyncio.sleep(3600)
+        return "http://never"
+
+    monkeypatch.setattr(KubeSpawner, "_start", never_runs)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: UNSCHEDULABLE_POD)
+    spawner.start_timeout = 2
+    if why == "the event loop lags":
+        # Something else holds the loop before _start's first step, after the hub's timer
+        # started.
+        asyncio.get_running_loop().call_soon(time.sleep, 1.5)
+    before = outcome_count("unschedulable")
+    with pytest.raises(TimeoutError) as raised:
+        await hub_waits_for(spawner)
+    assert "did not start within 2 seconds because no node" in str(raised.value)
+    assert outcome_count("unschedulable") - before == 1
+
+
+class ThrottledPods(ScriptedPods):
+    """An API server that throttles every pod create (Retry-After 1 s)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.creates = 0
+
+    async def create_namespaced_pod(self, namespace: str, body: V1Pod) -> V1Pod:
+        self.creates += 1
+        raise api_error(429, "1")
+
+
+async def test_throttling_cut_off_by_the_hubs_start_timeout_is_k8s_throttled(
+    spawner, monkeypatch
+) -> None:
+    """The start spends 1 s before its pod create, which the API server then throttles until
+    the hub's start_timeout (3 s) cancels the start: the outcome is k8s_throttled and the user
+    reads that the cluster is throttling and when to try again, not a plain timeout."""
+    api = ThrottledPods()
+    spawner.api = api
+
+    async def create_after_a_second(self) -> str:
+        await asyncio.sleep(1)
+        await self._make_create_pod_request(await pod_for(self), 3)
+        return "http://never"
+
+    monkeypatch.setattr(KubeSpawner, "_start", create_after_a_second)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: None)
+    spawner.start_timeout = 3
+    before = outcome_count("k8s_throttled"), outcome_count("timeout")
+    with pytest.raises(TimeoutError) as raised:
+        await hub_waits_for(spawner)
+    message = str(raised.value)
+    assert message.startswith("Your server did not start within 3 seconds: the cluster is busy")
+    assert "kept throttling the hub's requests" in message
+    assert "try again in 5 seconds" in message  # Retry-After 1 s (capped): at least 5
+    assert outcome_count("k8s_throttled") - before[0] == 1
+    assert outcome_count("timeout") == before[1]
+    assert api.creates >= 2
+
+
+async def test_throttling_gives_up_before_the_hubs_start_timeout_with_its_own_message(
+    make_spawner, monkeypatch
+) -> None:
+    """A 429 is waited out only for what is left of the hub's start_timeout (less a second),
+    counted from the spawn, not from the request: the retry path gives up first and says so."""
+    spawner = make_spawner(
+        {
+            "backoff_base": 0.01,
+            "retry_after_cap": 0.05,
+            "k8s_api_request_retry_timeout": 1,
+            "cpu_limit": 0.5,
+            "mem_limit": "512M",
+        }
+    )
+    api = ThrottledPods()
+    spawner.api = api
+
+    async def create_after_a_second(self) -> str:
+        await asyncio.sleep(1)
+        await self._make_create_pod_request(await pod_for(self), 3)
+        return "http://never"
+
+    monkeypatch.setattr(KubeSpawner, "_start", create_after_a_second)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: None)
+    spawner.start_timeout = 4
+    before = outcome_count("k8s_throttled")
+    started = time.monotonic()
+    with pytest.raises(web.HTTPError) as raised:
+        await hub_waits_for(spawner)
+    assert time.monotonic() - started < 3.5  # 4 s, less the second the hub's cancel needs
+    assert "kept throttling the hub's requests" in raised.value.log_message
+    assert outcome_count("k8s_throttled") - before == 1
 
 
 async def test_a_cancellation_that_is_not_the_start_timeout_passes_through(
@@ -204,7 +317,8 @@ async def test_a_cancellation_that_is_not_the_start_timeout_passes_through(
         await task
 
 
-async def test_a_refused_profile_makes_no_api_call(make_spawner) -> None:
+@pytest.mark.parametrize("user_namespaces", [False, True])
+async def test_a_refused_profile_makes_no_api_call(make_spawner, user_namespaces: bool) -> None:
     """The QoS check runs when the profile is loaded, before the namespace, PVC or pod."""
     profiles = [
         {
@@ -217,7 +331,13 @@ async def test_a_refused_profile_makes_no_api_call(make_spawner) -> None:
             },
         }
     ]
-    spawner = make_spawner({"profile_list": profiles, "storage_pvc_ensure": True})
+    spawner = make_spawner(
+        {
+            "profile_list": profiles,
+            "storage_pvc_ensure": True,
+            "enable_user_namespaces": user_namespaces,
+        }
+    )
     spawner.user_options = {"profile": "broken"}
 
     class NoCalls:
@@ -226,8 +346,6 @@ async def test_a_refused_profile_makes_no_api_call(make_spawner) -> None:
 
     spawner.api = NoCalls()
     before = outcome_count("qos_refused", "broken")
-    from tornado import web
-
     with pytest.raises(web.HTTPError) as raised:
         await spawner._start()
     assert (
