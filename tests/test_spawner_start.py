@@ -8,6 +8,7 @@ ApiException as an API server would. The real API server is in tests/k8s.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -371,3 +372,151 @@ async def test_capacity_failures_are_forgiven_by_the_failure_limit_api_failures_
     )
     spawner._spawn_failed(unreachable)
     assert settings["failure_count"] == 2  # counted: JupyterHub's +1 makes it 3
+
+
+def phase_count(phase: str, profile: str = "default") -> float:
+    labels = {"phase": phase, "profile": profile}
+    return REGISTRY.get_sample_value("hub_resilience_spawn_phase_seconds_count", labels) or 0.0
+
+
+async def test_a_spawn_that_fails_after_its_create_records_no_phases(spawner, monkeypatch) -> None:
+    """The hub and api_create phases are measured at the create, but recorded only for a
+    spawn that gets its server ready: a failed one leaves the phase histograms alone."""
+    api = ScriptedPods([])
+    spawner.api = api
+
+    async def create_then_fail(self) -> str:
+        await self._make_create_pod_request(await pod_for(self), 3)
+        assert [phase for phase, _ in self._phases] == ["hub", "api_create"]
+        raise TimeoutError()
+
+    monkeypatch.setattr(KubeSpawner, "_start", create_then_fail)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: UNSCHEDULABLE_POD)
+    phases = ("hub", "api_create", "scheduling", "server_ready")
+    before = [phase_count(p) for p in phases], outcome_count("unschedulable")
+    with pytest.raises(TimeoutError):
+        await hub_waits_for(spawner)
+    assert api.uids == 1
+    assert [phase_count(p) for p in phases] == before[0]
+    assert outcome_count("unschedulable") - before[1] == 1
+    assert spawner._phases == []
+
+
+def retries(operation: str) -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "hub_resilience_k8s_api_retries_total", {"operation": operation, "reason": reason}
+        )
+        or 0.0
+        for reason in ("throttled", "server_error", "timeout", "connection_error")
+    )
+
+
+class ThrottledOnce:
+    """Every Kubernetes API method: ``method`` answers 429 (Retry-After) once, then like the
+    others (a stored object; a read of something just deleted: 404)."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> V1ObjectMeta:
+            self.calls.append(name)
+            if name == self.method and self.calls.count(name) == 1:
+                raise api_error(429, "0.01")
+            if name.startswith("read_") and name != self.method:
+                raise api_error(404)
+            return V1ObjectMeta(name="stored")
+
+        return call
+
+
+def manifest(name: str) -> Any:
+    return V1Pod(metadata=V1ObjectMeta(name=name))
+
+
+#: Each request method KubeSpawner's start and stop use besides the pod's: what it calls on
+#: the API, the operation label it counts under, and how the spawner makes it.
+OTHER_REQUESTS = {
+    "create_pvc": (
+        "create_namespaced_persistent_volume_claim",
+        lambda s: s._make_create_pvc_request(manifest("claim-x"), 3),
+    ),
+    "delete_pvc": (
+        "delete_namespaced_persistent_volume_claim",
+        lambda s: s._make_delete_pvc_request("claim-x", 3),
+    ),
+    "read_pvc": (
+        "read_namespaced_persistent_volume_claim",
+        lambda s: s._check_pvc_exists("claim-x", s.namespace),
+    ),
+    "create_namespace": ("create_namespace", lambda s: s._ensure_namespace()),
+    "create_secret": (
+        "create_namespaced_secret",
+        lambda s: s._make_create_resource_request("secret", manifest("x")),
+    ),
+    "delete_secret": (
+        "delete_namespaced_secret",
+        lambda s: s._ensure_not_exists("secret", "x"),
+    ),
+    "read_secret": ("read_namespaced_secret", lambda s: s._ensure_not_exists("secret", "x")),
+    "create_service": (
+        "create_namespaced_service",
+        lambda s: s._make_create_resource_request("service", manifest("x")),
+    ),
+    "delete_service": (
+        "delete_namespaced_service",
+        lambda s: s._ensure_not_exists("service", "x"),
+    ),
+    "read_service": ("read_namespaced_service", lambda s: s._ensure_not_exists("service", "x")),
+}
+
+
+@pytest.mark.parametrize("operation", list(OTHER_REQUESTS))
+async def test_a_429_on_any_other_request_is_retried_once_with_a_warning(
+    spawner, caplog, operation: str
+) -> None:
+    """PVC, namespace, secret and service requests go through the retry path too: a 429 then
+    an answer is one retry, counted under its own operation, one WARNING and no ERROR (no
+    traceback from KubeSpawner's own handlers)."""
+    method, make = OTHER_REQUESTS[operation]
+    api = ThrottledOnce(method)
+    spawner.api = api
+    everything = [op.value for op in K8sOperation]
+    before = {op: retries(op) for op in everything}
+    with caplog.at_level(logging.DEBUG):
+        await make(spawner)
+    assert api.calls.count(method) == 2
+    moved = {op: retries(op) - before[op] for op in everything if retries(op) != before[op]}
+    assert moved == {operation: 1}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"Kubernetes API {operation} for" in warned[0], warned
+
+
+async def test_an_event_reflector_of_a_namespace_named_pods_is_not_read_as_pods(
+    monkeypatch,
+) -> None:
+    """KubeSpawner keys its reflectors by (kind, namespace): the events of a namespace called
+    "team-pods" hold no pods, and /hub/metrics (the user-pods collector) still works."""
+    from prometheus_client import generate_latest
+
+    from hub_resilience.hub.watches import ResilientEventReflector, ResilientPodReflector
+
+    events = ResilientEventReflector(namespace="team-pods", fields={"involvedObject.kind": "Pod"})
+    events.resources = {
+        "team-pods/e1": {"metadata": {"name": "e1"}, "involvedObject": {"uid": "u1"}}
+    }
+    pods = ResilientPodReflector(namespace="team-pods", labels={"component": "singleuser-server"})
+    running = {
+        "metadata": {"name": "jupyter-a", "namespace": "team-pods"},
+        "status": {"phase": "Running", "qosClass": "Guaranteed"},
+    }
+    pods.resources = {"team-pods/jupyter-a": running}
+    monkeypatch.setattr(
+        KubeSpawner, "reflectors", {("events", "team-pods"): events, ("pods", "team-pods"): pods}
+    )
+    assert list(ResilientKubeSpawner._all_user_pods()) == [running]
+    scraped = generate_latest(REGISTRY).decode()
+    assert 'hub_resilience_user_pods{qos_class="Guaranteed"} 1.0' in scraped
