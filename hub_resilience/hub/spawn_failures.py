@@ -49,7 +49,7 @@ class WatchDown:
 
 
 #: How much earlier than the hub's start_timeout a cancellation may arrive and still be the
-#: hub's (asyncio runs a timer up to its clock resolution early; nothing runs it later early).
+#: hub's (asyncio may run a timer up to its clock resolution early; a busy loop only later).
 START_TIMEOUT_SLACK = 0.1
 
 
