@@ -23,6 +23,7 @@ from hub_resilience.hub.k8s_requests import (
     describe_error,
     result_code,
     retry_reason,
+    spawn_time_left,
 )
 from hub_resilience.hub.metrics import K8sOperation, K8sRetryReason
 
@@ -259,3 +260,30 @@ async def test_a_cancelled_request_is_not_retried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sleeps.delays == []
+
+
+async def test_the_spawner_is_told_of_throttling_until_an_attempt_gets_through(
+    monkeypatch,
+) -> None:
+    """What the spawner keeps for the message when the hub cancels a throttled start: the
+    request so far after each 429, cleared by the first other answer."""
+    clock = Clock(monkeypatch)
+    told: list[K8sRequestFailed | None] = []
+    made = requester(clock.sleep, throttled_deadline=300)
+    made.throttled = told.append
+    request = Script(api_error(429, "4"), api_error(429, "4"))
+    assert await made.call(K8sOperation.CREATE_POD, request, timeout=3) == "stored"
+    first, second, last = told
+    assert first is not None and first.attempts == 1 and 4 <= first.retry_in <= 4.5
+    assert second is not None and second.attempts == 2 and second.elapsed == first.retry_in
+    assert second.reason is K8sRetryReason.THROTTLED and last is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "start_timeout", "now", "left"),
+    [(100.0, 15.0, 101.0, 13.0), (100.0, 15.0, 114.5, 0.0), (100.0, 300.0, 100.0, 299.0)],
+)
+def test_a_spawns_throttling_budget_is_what_is_left_of_the_hubs_wait(
+    requested: float, start_timeout: float, now: float, left: float
+) -> None:
+    assert spawn_time_left(requested, start_timeout, now) == left

@@ -10,7 +10,12 @@ from kubernetes_asyncio.client.rest import ApiException
 from hub_resilience.hub.k8s_requests import K8sRequestFailed
 from hub_resilience.hub.metrics import K8sOperation, K8sRetryReason
 from hub_resilience.hub.qos import QoSError
-from hub_resilience.hub.spawn_failures import WatchDown, classify_failure, try_again_in
+from hub_resilience.hub.spawn_failures import (
+    WatchDown,
+    cancelled_by_start_timeout,
+    classify_failure,
+    try_again_in,
+)
 from hub_resilience.hub.spawn_phases import SpawnOutcome
 
 UNSCHEDULABLE_POD = {
@@ -148,3 +153,30 @@ def test_a_plain_timeout_and_anything_else() -> None:
 def test_try_again_rounds_up_and_never_says_less_than_five_seconds() -> None:
     assert try_again_in(0.2) == "try again in 5 seconds"
     assert try_again_in(30.1) == "try again in 31 seconds"
+
+
+def test_a_start_timeout_cutting_off_throttling_is_k8s_throttled() -> None:
+    """The hub's start_timeout cancelled a start whose request was still being throttled."""
+    throttled = gave_up(K8sRetryReason.THROTTLED, ApiException(status=429), retry_in=21.5)
+    failure = classify(TimeoutError(), pod=PENDING_POD, start_timeout=15, throttled=throttled)
+    assert failure.outcome is SpawnOutcome.K8S_THROTTLED
+    assert failure.message.startswith("Your server did not start within 15 seconds: the cluster")
+    assert "20 attempts over 30 s" in failure.message and "try again in 22 seconds" in (
+        failure.message
+    )
+    # What the pod shows still wins; an error that is not a timeout keeps its own outcome.
+    assert classify(TimeoutError(), pod=UNSCHEDULABLE_POD, throttled=throttled).outcome is (
+        SpawnOutcome.UNSCHEDULABLE
+    )
+    assert classify(ValueError("bug"), throttled=throttled).outcome is SpawnOutcome.ERROR
+
+
+@pytest.mark.parametrize(
+    ("waited", "start_timeout", "hubs"),
+    [(15.0, 15.0, True), (14.95, 15.0, True), (16.2, 15.0, True), (14.0, 15.0, False),
+     (0.3, 300.0, False)],
+)
+def test_the_hubs_cancel_is_the_one_at_its_start_timeout(
+    waited: float, start_timeout: float, hubs: bool
+) -> None:
+    assert cancelled_by_start_timeout(waited, start_timeout) is hubs

@@ -132,6 +132,13 @@ def api_message(error: ApiException) -> str:
     return str(message)[:500] if message else ""
 
 
+def spawn_time_left(requested: float, start_timeout: float, now: float) -> float:
+    """Seconds a throttled request of a spawn may still wait: what is left of the hub's
+    ``start_timeout`` (counted from ``requested``, when the hub began to wait), less a second,
+    so the retry path gives up, and says why, before the hub cancels the start."""
+    return max(0.0, requested + start_timeout - now - 1.0)
+
+
 def may_retry(
     policy: BackoffPolicy,
     reason: K8sRetryReason,
@@ -145,7 +152,8 @@ def may_retry(
 
     A 429 is the API server saying when it can take the request (Retry-After, which API
     Priority and Fairness raises to 32 s under sustained load), not a failure to answer: it
-    is retried until ``throttled_deadline`` (the spawn's own start_timeout), however many
+    is retried until ``throttled_deadline`` (what is left of the spawn's start_timeout, see
+    :func:`spawn_time_left`, but never less than the policy's deadline), however many
     attempts that takes. Errors (5xx, timeouts, refused connections) keep the policy's
     attempt limit and deadline (k8s_api_request_retry_timeout).
     """
@@ -157,13 +165,20 @@ def may_retry(
 @dataclass
 class K8sRequester:
     """Runs Kubernetes API requests through the retry path, for one spawner (``what`` names
-    it in log lines: the user and server). ``throttled_deadline``: see :func:`may_retry`."""
+    it in log lines: the user and server). ``throttled_deadline``: see :func:`may_retry`.
+
+    ``throttled`` is told after every attempt: the request so far, as it would fail if it
+    gave up now, while it is being throttled (429), None once an attempt got any other
+    result. Why: when the hub's start_timeout cancels a start stuck in a throttled request,
+    the spawner can still say the cluster was throttling and when to try again.
+    """
 
     policy: BackoffPolicy
     log: logging.Logger | logging.LoggerAdapter
     what: str
     throttled_deadline: float = 0.0
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    throttled: Callable[[K8sRequestFailed | None], None] = lambda _: None
 
     async def call(
         self,
@@ -196,9 +211,11 @@ class K8sRequester:
             K8S_API_REQUEST_SECONDS.labels(operation).observe(seconds)
             K8S_API_REQUESTS.labels(operation, code).inc()
             RECENT_K8S_REQUESTS.add(seconds, throttled=code == "429")
+            reason = None if error is None else retry_reason(error)
+            if reason is not K8sRetryReason.THROTTLED:
+                self.throttled(None)
             if error is None:
                 return result
-            reason = retry_reason(error)
             if reason is None:
                 if isinstance(error, ApiException):
                     error.operation = operation  # type: ignore[attr-defined]
@@ -207,6 +224,9 @@ class K8sRequester:
                 failures += 1
             delay = self.policy.delay(attempts - 1, retry_after_of(error))
             elapsed = time.monotonic() - first
+            so_far = K8sRequestFailed(operation, attempts, elapsed, reason, error, delay)
+            if reason is K8sRetryReason.THROTTLED:
+                self.throttled(so_far)
             if not may_retry(
                 self.policy, reason, failures, elapsed, delay, self.throttled_deadline
             ):
@@ -218,7 +238,7 @@ class K8sRequester:
                     elapsed,
                     describe_error(error),
                 )
-                raise K8sRequestFailed(operation, attempts, elapsed, reason, error, delay)
+                raise so_far
             K8S_API_RETRIES.labels(operation, reason).inc()
             self.log.warning(
                 "Kubernetes API %s for %s: %s; retrying in %.1fs (attempt %d)",

@@ -48,6 +48,18 @@ class WatchDown:
     seconds: float
 
 
+#: How much earlier than the hub's start_timeout a cancellation may arrive and still be the
+#: hub's (asyncio may run a timer up to its clock resolution early; a busy loop only later).
+START_TIMEOUT_SLACK = 0.1
+
+
+def cancelled_by_start_timeout(waited: float, start_timeout: float) -> bool:
+    """Whether a start cancelled after ``waited`` seconds, counted from when the hub began
+    to wait for it, was cancelled by the hub's ``start_timeout`` (the value the hub read
+    then): the hub cancels exactly then, any other cancellation (a shutdown) comes earlier."""
+    return waited >= start_timeout - START_TIMEOUT_SLACK
+
+
 def try_again_in(seconds: float) -> str:
     """"try again in 30 seconds" for a wait, rounded up to whole seconds (at least 5)."""
     return f"try again in {max(5, math.ceil(seconds))} seconds"
@@ -87,13 +99,15 @@ def classify_failure(
     start_timeout: float,
     watch_down: WatchDown | None = None,
     retry_cap: float = 60.0,
+    throttled: K8sRequestFailed | None = None,
 ) -> SpawnFailure:
     """The outcome of a failed start and what to tell the user.
 
     Order: the profile (QoS), a request the retry path gave up on, what Kubernetes shows on the
-    pod (unschedulable, image pull, crash), a dead watch (the hub's view is stale: throttled or
-    unreachable API server), then a plain timeout; anything else is ``error`` with the error's
-    own message.
+    pod (unschedulable, image pull, crash), a request still being throttled when the start
+    timed out (``throttled``: the hub's start_timeout cut the retry path short), a dead watch
+    (the hub's view is stale: throttled or unreachable API server), then a plain timeout;
+    anything else is ``error`` with the error's own message.
     """
     if isinstance(error, qos.QoSError):
         return SpawnFailure(SpawnOutcome.QOS_REFUSED)
@@ -113,6 +127,14 @@ def classify_failure(
         if cause is SpawnOutcome.UNSCHEDULABLE and UNBOUND_CLAIM in says:
             because = STORAGE_NOT_READY
         return SpawnFailure(cause, f"Your server {within} because {because}.{says}")
+    if timed_out and throttled is not None:
+        wait = min(max(throttled.retry_in, 1.0), retry_cap)
+        return SpawnFailure(
+            SpawnOutcome.K8S_THROTTLED,
+            f"Your server {within}: the cluster is busy, its Kubernetes API kept throttling "
+            f"the hub's requests ({throttled.attempts} attempts over {throttled.elapsed:.0f} s); "
+            f"{try_again_in(wait)}.",
+        )
     if watch_down is not None:
         if watch_down.reason is K8sRetryReason.THROTTLED:
             return SpawnFailure(

@@ -31,7 +31,7 @@ from traitlets import Bunch, CaselessStrEnum, Float, Integer, TraitError, valida
 from hub_resilience.backoff import BackoffPolicy
 from hub_resilience.hub import activity, qos, spawn_failures, spawn_phases
 from hub_resilience.hub.failure_limit import counts_toward_failure_limit, forgive_failure
-from hub_resilience.hub.k8s_requests import K8sRequester
+from hub_resilience.hub.k8s_requests import K8sRequester, K8sRequestFailed, spawn_time_left
 from hub_resilience.hub.metrics import (
     NO_PROFILE,
     OTHER_PROFILE,
@@ -72,9 +72,11 @@ RESOURCE_OPERATIONS = {
 
 @dataclass
 class SpawnTiming:
-    """Monotonic timestamps of one spawn, for the phases the spawner measures itself."""
+    """Monotonic timestamps of one spawn, for the phases the spawner measures itself, and the
+    hub's wait for it: from ``requested`` for ``start_timeout`` seconds."""
 
     requested: float
+    start_timeout: float
     first_create: float | None = None
     running: float | None = None
 
@@ -221,6 +223,9 @@ class ResilientKubeSpawner(KubeSpawner):
         # bad value fails when the spawner is made, not in the middle of a spawn.
         self.resilience = HubResilience(config=self.config)
         self._timing: SpawnTiming | None = None
+        self._hub_wait: SpawnTiming | None = None  # set by start(), taken by _start()
+        self._in_start = False
+        self._throttled: K8sRequestFailed | None = None
         self._validated_profile: str | None = None
         self._spawn_id: str | None = None
         self._pod_uid: str | None = None
@@ -252,13 +257,27 @@ class ResilientKubeSpawner(KubeSpawner):
 
     @property
     def k8s(self) -> K8sRequester:
-        """The retry path every Kubernetes API request of this spawner goes through."""
+        """The retry path every Kubernetes API request of this spawner goes through.
+
+        Throttling is waited out for what is left of the hub's start_timeout during a start
+        (start_timeout from the request's first attempt otherwise, e.g. a stop), and the
+        last throttled request is kept for the message if the hub cancels the start."""
+        timing = self._timing
+        throttled_deadline = float(self.start_timeout)
+        if self._in_start and timing is not None:
+            throttled_deadline = spawn_time_left(
+                timing.requested, timing.start_timeout, time.monotonic()
+            )
         return K8sRequester(
             self.backoff_policy(),
             self.log,
             self._log_name,
-            throttled_deadline=float(self.start_timeout),
+            throttled_deadline=throttled_deadline,
+            throttled=self._note_throttled,
         )
+
+    def _note_throttled(self, so_far: K8sRequestFailed | None) -> None:
+        self._throttled = so_far
 
     # -- reflectors -------------------------------------------------------------------------
 
@@ -572,25 +591,49 @@ class ResilientKubeSpawner(KubeSpawner):
             SPAWN_PHASE_SECONDS.labels(phase, self.profile_label).observe(max(0.0, seconds))
         self._phases = []
 
+    def start(self) -> Any:
+        """KubeSpawner's start, noting when the hub begins to wait for it and for how long.
+
+        JupyterHub 5.5 and 6.1 (User.spawn) call this, then, before anything else runs,
+        ``asyncio.wait_for(f, timeout=spawner.start_timeout)``: the value read now is the
+        hub's, whatever a profile's override sets once _start loads it (that changes only
+        KubeSpawner's own pod wait).
+        """
+        self._hub_wait = SpawnTiming(
+            requested=time.monotonic(), start_timeout=float(self.start_timeout)
+        )
+        return super().start()
+
     async def _start(self) -> str | tuple[str, int]:
         """KubeSpawner's start, timed phase by phase, with every failure classified,
         counted and explained to the user."""
-        self._timing = SpawnTiming(requested=time.monotonic())
+        timing = self._hub_wait or SpawnTiming(
+            requested=time.monotonic(), start_timeout=float(self.start_timeout)
+        )
+        self._hub_wait = None
+        self._timing = timing
         self._spawn_id = uuid.uuid4().hex
         self._pod_uid = None
         self._phases = []
         self._stopped_while_waiting = False
+        self._throttled = None
+        self._in_start = True
         try:
             url = await super()._start()
         except asyncio.CancelledError:
             # JupyterHub's start_timeout cancels the start it waits for (asyncio.wait_for).
             # Raising a TimeoutError instead makes JupyterHub report it as the timeout it is,
             # with our message for the user; any other cancellation is passed on.
-            if time.monotonic() - self._timing.requested < self.start_timeout - 1:
+            waited = time.monotonic() - timing.requested
+            if not spawn_failures.cancelled_by_start_timeout(waited, timing.start_timeout):
                 raise
-            raise self._spawn_failed(TimeoutError()) from None
+            raise self._spawn_failed(
+                TimeoutError(), start_timeout=timing.start_timeout
+            ) from None
         except Exception as e:
             raise self._spawn_failed(e) from e
+        finally:
+            self._in_start = False
         self._timing.running = time.monotonic()
         pod = self._current_pod()
         if pod:
@@ -600,16 +643,22 @@ class ResilientKubeSpawner(KubeSpawner):
                 SPAWN_SCALE_UPS.labels(self.profile_label).inc()
         return url
 
-    def _spawn_failed(self, error: BaseException) -> BaseException:
+    def _spawn_failed(
+        self, error: BaseException, start_timeout: float | None = None
+    ) -> BaseException:
         """Count a failed start and return what to raise: JupyterHub shows its message to
-        the user and logs it without a traceback (an HTTPError or a TimeoutError)."""
+        the user and logs it without a traceback (an HTTPError or a TimeoutError).
+
+        ``start_timeout``: the wait that ran out, when it is the hub's (not KubeSpawner's
+        own, which a profile may have changed)."""
         failure = spawn_failures.classify_failure(
             error,
             pod=self._current_pod(),
             events=self.events,
-            start_timeout=self.start_timeout,
+            start_timeout=self.start_timeout if start_timeout is None else start_timeout,
             watch_down=self._watch_down(),
             retry_cap=self.retry_after_cap,
+            throttled=self._throttled,
         )
         self._record_outcome(failure.outcome)
         self._phases = []

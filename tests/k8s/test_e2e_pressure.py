@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -35,6 +36,7 @@ from tests.k8s.test_e2e_spawner import sample, scrape
 from tests.support.hub import (
     RunningHub,
     create_users,
+    fetch,
     gather_limited,
     running_hub,
     unused_port,
@@ -51,21 +53,25 @@ SMALL = {
     "memory": {"guarantee": "64M", "limit": "64M"},
 }
 
-#: For the start_timeout tests (start_timeout 15 s). The hub's wait and KubeSpawner's own pod
-#: wait both use start_timeout, but the hub's starts earlier (before the PVC and the pod are
-#: created) and KubeSpawner's ends on a jittered poll, so either may fire first: usually
-#: the hub's, which cancels the start. The outcome must be right whichever does.
+#: The hub's start_timeout in the start_timeout test, and how often the test spawns its
+#: failing servers (the outcome must be right every time, not usually).
+SHORT_START, ROUNDS = 15, 5
+
+#: For the start_timeout test. The hub reads start_timeout (15 s) when it begins to wait, before
+#: the spawner loads the profile; the huge and silent profiles then give KubeSpawner's own pod
+#: wait 60 s, so the hub's wait is always the one that ends a start (it cancels it).
 SHORT_START_PROFILES = [
     {
         "display_name": "Too big for any node",
         "slug": "huge",
-        "kubespawner_override": {"cpu_limit": 64, "cpu_guarantee": 64},
+        "kubespawner_override": {"cpu_limit": 64, "cpu_guarantee": 64, "start_timeout": 60},
     },
     {
         "display_name": "A server that never answers",
         "slug": "silent",
         "kubespawner_override": {
             "http_timeout": 10,
+            "start_timeout": 60,
             "extra_annotations": {"hub-resilience.test/simulate": "no-server"},
         },
     },
@@ -475,12 +481,24 @@ async def test_spawns_survive_the_api_server_stopped_for_a_minute(
                     break
                 await asyncio.sleep(1)
             assert recovered and recovered[-1] >= restarted_at
-            # Spawns in flight either finished or failed with a reason the user can read.
+            # Spawns in flight either finished or failed with a reason the user can read:
+            # the retry path could not get an answer, or the hub's view of the pod was lost.
             results = await asyncio.gather(*in_flight, return_exceptions=True)
             log = hub.log_text()
             for name, result in zip(during, results, strict=True):
                 if isinstance(result, BaseException):
-                    assert f"Spawn of {name} failed (k8s_api_error)" in log, (name, result)
+                    said = re.findall(rf"Spawn of {name} failed \(k8s_api_error\): (.*)", log)
+                    assert len(said) == 1, (name, result, said)
+                    message = said[0]
+                    assert (
+                        "could not get an answer from the cluster's Kubernetes API" in message
+                        or "the hub has lost contact with the cluster's Kubernetes API" in message
+                    ), message
+                    assert re.search(r"try again in \d+ seconds\.$", message), message
+                    # The spawn page: "Spawn failed: " and the exception (HTTP 503 and the
+                    # message, or the message itself for a TimeoutError).
+                    page = await spawn_page_says(hub, name)
+                    assert page.startswith("Spawn failed: ") and message in page, page
             # Later spawns succeed.
             await gather_limited((client.start_server_and_wait(n, timeout=300) for n in after), 4)
         families = await scrape(hub)
@@ -493,21 +511,43 @@ async def test_spawns_survive_the_api_server_stopped_for_a_minute(
         await stop_and_forget(hub, before + during + after)
 
 
+async def spawn_page_says(hub: RunningHub, name: str) -> str:
+    """What the user's spawn page ends with: the last event of the hub's progress stream
+    (for a failed spawn, "Spawn failed: " and the message of the exception it ended with)."""
+    response = await fetch(
+        f"{hub.url}/hub/api/users/{name}/server/progress",
+        headers={"Authorization": f"token {hub.token}"},
+    )
+    assert response.code == 200, (name, response.code, response.body[:500])
+    events = [
+        json.loads(line.removeprefix("data:"))
+        for line in response.body.decode().splitlines()
+        if line.startswith("data:")
+    ]
+    assert events and events[-1].get("failed"), (name, events)
+    return events[-1]["message"]
+
+
+def namespace_names(cluster: LocalCluster) -> set[str]:
+    return {n.metadata.name for n in core(cluster).list_namespace().items}
+
+
 async def test_the_hubs_start_timeout_ends_each_failed_spawn_with_its_reason(
     k8s_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    """start_timeout 15 s: five unschedulable spawns and five servers that never answer, all
-    at once, each counted and explained whichever of the hub's and KubeSpawner's waits ends
-    first; a profile that cannot be Guaranteed leaves nothing on the API server."""
+    """The hub's start_timeout 15 s, KubeSpawner's own pod wait 60 s (the profiles'): five
+    unschedulable spawns and five servers that never answer, all at once, five times over, each
+    counted and explained every time; a profile that cannot be Guaranteed leaves nothing on
+    the API server."""
     endpoint = k8s_cluster.api
     assert endpoint is not None
     namespace = k8s_cluster.namespace
     values = z2jh_values(
-        singleuser={"startTimeout": 15, "profileList": SHORT_START_PROFILES},
+        singleuser={"startTimeout": SHORT_START, "profileList": SHORT_START_PROFILES},
         hub={
-            # The five servers that never answer count toward z2jh's limit of 5 (the hub's
-            # own networking may be at fault, docs/admission.md): it would stop the hub.
-            # The capacity failures do not (tests/k8s/test_e2e_failure_limit.py).
+            # The servers that never answer count toward z2jh's limit of 5 (the hub's own
+            # networking may be at fault, docs/admission.md): it would stop the hub. The
+            # capacity failures do not (tests/k8s/test_e2e_failure_limit.py).
             "consecutiveFailureLimit": 0,
             "config": {"ResilientKubeSpawner": {"qos_policy": "refuse"}},
         },
@@ -519,35 +559,110 @@ async def test_the_hubs_start_timeout_ends_each_failed_spawn_with_its_reason(
             await create_users(client, [*greedy, *silent, "broken-user"])
             before = await scrape(hub)
             requests_before = total(before, "hub_resilience_k8s_api_requests_total")
+            namespaces_before = namespace_names(k8s_cluster)
             # z2jh answers every spawn request at once (slow_spawn_timeout 0): the user reads
             # the outcome on the spawn page, from the hub's progress stream.
             await client.start_server("broken-user", user_options={"profile": "broken"})
-            await client.wait_for_server_stopped("broken-user", timeout=30)
+            assert await client.wait_for_server_stopped("broken-user", timeout=30)
             after_refusal = await scrape(hub)
-            await asyncio.gather(
-                *(client.start_server(n, user_options={"profile": "huge"}) for n in greedy),
-                *(client.start_server(n, user_options={"profile": "silent"}) for n in silent),
+            check_refusal(
+                k8s_cluster,
+                namespace,
+                hub.log_text(),
+                after_refusal,
+                requests_before,
+                namespaces_before,
+                await spawn_page_says(hub, "broken-user"),
             )
-            # Each ends by itself: the hub's start_timeout (15 s), or http_timeout (10 s) after
-            # the pod runs.
-            await gather_limited(
-                (client.wait_for_server_stopped(n, timeout=120) for n in greedy + silent), 10
-            )
-            await wait_for(
-                lambda families: all(
-                    total(families, "hub_resilience_spawn_outcomes_total", outcome=o, profile=p)
-                    - total(before, "hub_resilience_spawn_outcomes_total", outcome=o, profile=p)
-                    >= 5
-                    for o, p in (("unschedulable", "huge"), ("http_timeout", "silent"))
-                ),
-                hub,
-                timeout=120,
-            )
+            for done in range(1, ROUNDS + 1):
+                log_start = len(hub.log_text())
+                await asyncio.gather(
+                    *(client.start_server(n, user_options={"profile": "huge"}) for n in greedy),
+                    *(client.start_server(n, user_options={"profile": "silent"}) for n in silent),
+                )
+                # Each ends by itself: the hub's start_timeout (15 s), or http_timeout (10 s)
+                # after the pod runs.
+                stopped = await gather_limited(
+                    (client.wait_for_server_stopped(n, timeout=120) for n in greedy + silent), 10
+                )
+                assert all(stopped), dict(zip(greedy + silent, stopped, strict=True))
+                await wait_for(
+                    lambda families, done=done: all(
+                        total(families, "hub_resilience_spawn_outcomes_total", outcome=o, profile=p)
+                        - total(before, "hub_resilience_spawn_outcomes_total", outcome=o, profile=p)
+                        >= 5 * done
+                        for o, p in (("unschedulable", "huge"), ("http_timeout", "silent"))
+                    ),
+                    hub,
+                    timeout=120,
+                )
+                said = {n: await spawn_page_says(hub, n) for n in greedy + silent}
+                check_short_start_round(hub.log_text()[log_start:], said, greedy, silent, done)
         families = await scrape(hub)
         log = hub.log_text()
-        check_short_start_outcomes(
-            k8s_cluster, namespace, log, families, before, requests_before, after_refusal
-        )
+        check_short_start_outcomes(k8s_cluster, namespace, log, families, before, greedy, silent)
+
+
+def check_refusal(
+    k8s_cluster: LocalCluster,
+    namespace: str,
+    log: str,
+    after_refusal: dict,
+    requests_before: float,
+    namespaces_before: set[str],
+    said: str,
+) -> None:
+    """The refused profile: a clear error, not a single Kubernetes API request, and no
+    namespace, PVC or pod on the API server."""
+    # JupyterHub shows an HTTPError's message to the user, and logs it without a traceback.
+    refused = (
+        "Cannot start this server: profile 'broken', container 'bare': cpu request 50m "
+        "differs from limit"
+    )
+    assert f"Error starting broken-user's server: HTTP 500: Internal Server Error ({refused}" in log
+    assert said.startswith("Spawn failed: ") and refused in said, said
+    assert total(after_refusal, "hub_resilience_k8s_api_requests_total") == requests_before
+    outcomes = "hub_resilience_spawn_outcomes_total"
+    assert total(after_refusal, outcomes, profile="broken") == 1
+    assert total(after_refusal, outcomes, outcome="qos_refused", profile="broken") == 1
+    api = core(k8s_cluster)
+    assert namespace_names(k8s_cluster) == namespaces_before
+    assert "jupyter-broken-user" not in {
+        p.metadata.name for p in api.list_namespaced_pod(namespace).items
+    }
+    assert "claim-broken-user" not in {
+        c.metadata.name for c in api.list_namespaced_persistent_volume_claim(namespace).items
+    }
+
+
+def check_short_start_round(
+    log: str, said: dict[str, str], greedy: list[str], silent: list[str], done: int
+) -> None:
+    """One round: each user's spawn ended once, with the right outcome, and the spawn page
+    shows the spawner's message (what the spawner logged is what the user reads)."""
+    for name in greedy:
+        # The scheduler's reason: no node has the CPU, or (while the PVC binds, under load)
+        # the volume; the message names whichever it said last. "within 15 seconds": the
+        # hub's wait ended it (KubeSpawner's own would say 60).
+        ended = re.findall(rf"Spawn of {name} failed \((\w+)\): (.*)", log)
+        assert len(ended) == 1 and ended[0][0] == "unschedulable", (done, name, ended)
+        message = ended[0][1]
+        assert message.startswith(
+            f"Your server did not start within {SHORT_START} seconds because "
+        ), (done, message)
+        assert "Kubernetes says: 0/4 nodes are available" in message, (done, message)
+        assert ("no node in the cluster has room" in message) == ("Insufficient cpu" in message)
+        assert said[name] == f"Spawn failed: {message}", (done, name, said[name])
+        # JupyterHub's own words; it names the spawner's start_timeout as it is by then (the
+        # profile's 60), though it waited the 15 it read before the profile was loaded.
+        assert re.search(rf"{name}'s server failed to start in \d+ seconds, giving up", log)
+    for name in silent:
+        ended = re.findall(rf"Spawn of {name} failed \((\w+)\)", log)
+        assert ended == ["http_timeout"], (done, name, ended)
+        assert f"{name}'s server never showed up at" in log  # JupyterHub's own words
+        assert re.fullmatch(
+            r"Spawn failed: Server at \S+ didn't respond in 10 seconds", said[name]
+        ), (done, name, said[name])
 
 
 def check_short_start_outcomes(
@@ -556,52 +671,29 @@ def check_short_start_outcomes(
     log: str,
     families: dict,
     before: dict,
-    requests_before: float,
-    after_refusal: dict,
+    greedy: list[str],
+    silent: list[str],
 ) -> None:
-    greedy = [f"greedy-{i}" for i in range(5)]
-    silent = [f"silent-{i}" for i in range(5)]
-    # The refused profile: a clear error, and not a single Kubernetes API request.
-    # JupyterHub shows an HTTPError's message to the user, and logs it without a traceback.
-    assert (
-        "Error starting broken-user's server: HTTP 500: Internal Server Error (Cannot start "
-        "this server: profile 'broken', container 'bare': cpu request 50m differs from limit"
-    ) in log
-    assert total(after_refusal, "hub_resilience_k8s_api_requests_total") == requests_before
-    api = core(k8s_cluster)
-    assert "jupyter-broken-user" not in {
-        p.metadata.name for p in api.list_namespaced_pod(namespace).items
-    }
-    assert "claim-broken-user" not in {
-        c.metadata.name for c in api.list_namespaced_persistent_volume_claim(namespace).items
-    }
-
+    """All rounds: every spawn counted once, under its outcome; no phase observed for any of
+    these spawns (phases are recorded only for spawns that got their server ready)."""
     outcomes = "hub_resilience_spawn_outcomes_total"
-    assert total(families, outcomes, outcome="unschedulable", profile="huge") - total(
-        before, outcomes, outcome="unschedulable", profile="huge"
-    ) == len(greedy)
-    assert total(families, outcomes, outcome="http_timeout", profile="silent") - total(
-        before, outcomes, outcome="http_timeout", profile="silent"
-    ) == len(silent)
+    expected = (("huge", "unschedulable", greedy), ("silent", "http_timeout", silent))
+    for profile, outcome, users in expected:
+        counted = total(families, outcomes, profile=profile) - total(
+            before, outcomes, profile=profile
+        )
+        assert counted == ROUNDS * len(users), (profile, counted)
+        assert total(families, outcomes, outcome=outcome, profile=profile) - total(
+            before, outcomes, outcome=outcome, profile=profile
+        ) == ROUNDS * len(users), profile
+        phases = "hub_resilience_spawn_phase_seconds_count"
+        assert total(families, phases, profile=profile) == total(before, phases, profile=profile)
     assert total(families, outcomes, outcome="qos_refused", profile="broken") == 1
-    # What each user is told: the message of the exception their spawn ended with, which
-    # the hub shows on the spawn page ("Spawn failed: ..."); the spawner logs it too.
-    for name in greedy:
-        # The scheduler's reason: no node has the CPU, or (while the PVC binds, under load)
-        # the volume; the message names whichever it said last.
-        said = re.search(rf"Spawn of {name} failed \(unschedulable\): (.*)", log)
-        assert said, name
-        assert said[1].startswith("Your server did not start within 15 seconds because "), said[1]
-        assert "Kubernetes says: 0/4 nodes are available" in said[1]
-        assert ("no node in the cluster has room" in said[1]) == ("Insufficient cpu" in said[1])
-        assert f"{name}'s server failed to start in 15 seconds, giving up" in log
-    for name in silent:
-        assert f"{name}'s server never showed up at" in log  # JupyterHub's own words
-    for name in silent:
-        assert f"Spawn of {name} failed (http_timeout)" in log
-    assert_no_traceback_but_jupyterhub5s_own_for(log, greedy + silent + ["broken-user"])
+    assert_no_traceback_but_jupyterhub5s_own_for(
+        log, ROUNDS * (greedy + silent) + ["broken-user"]
+    )
     # The failed spawns' pods are gone from the API server.
     left = {f"jupyter-{n}" for n in greedy + silent} & {
-        p.metadata.name for p in api.list_namespaced_pod(namespace).items
+        p.metadata.name for p in core(k8s_cluster).list_namespaced_pod(namespace).items
     }
     assert not left
