@@ -239,6 +239,19 @@ class ThrottledPods(ScriptedPods):
         raise api_error(429, "1")
 
 
+def create_the_pod_after_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubeSpawner's start stands for one that spends a second (a PVC, a namespace) before
+    its pod create; the pod is never seen."""
+
+    async def create_after_a_second(self: ResilientKubeSpawner) -> str:
+        await asyncio.sleep(1)
+        await self._make_create_pod_request(await pod_for(self), 3)
+        return "http://never"
+
+    monkeypatch.setattr(KubeSpawner, "_start", create_after_a_second)
+    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: None)
+
+
 async def test_throttling_cut_off_by_the_hubs_start_timeout_is_k8s_throttled(
     spawner, monkeypatch
 ) -> None:
@@ -248,13 +261,7 @@ async def test_throttling_cut_off_by_the_hubs_start_timeout_is_k8s_throttled(
     api = ThrottledPods()
     spawner.api = api
 
-    async def create_after_a_second(self) -> str:
-        await asyncio.sleep(1)
-        await self._make_create_pod_request(await pod_for(self), 3)
-        return "http://never"
-
-    monkeypatch.setattr(KubeSpawner, "_start", create_after_a_second)
-    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: None)
+    create_the_pod_after_a_second(monkeypatch)
     spawner.start_timeout = 3
     before = outcome_count("k8s_throttled"), outcome_count("timeout")
     with pytest.raises(TimeoutError) as raised:
@@ -285,13 +292,7 @@ async def test_throttling_gives_up_before_the_hubs_start_timeout_with_its_own_me
     api = ThrottledPods()
     spawner.api = api
 
-    async def create_after_a_second(self) -> str:
-        await asyncio.sleep(1)
-        await self._make_create_pod_request(await pod_for(self), 3)
-        return "http://never"
-
-    monkeypatch.setattr(KubeSpawner, "_start", create_after_a_second)
-    monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: None)
+    create_the_pod_after_a_second(monkeypatch)
     spawner.start_timeout = 4
     before = outcome_count("k8s_throttled")
     started = time.monotonic()
