@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from jupyterhub.utils import format_exception
 from kubernetes_asyncio.client import V1ObjectMeta, V1Pod
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
@@ -300,6 +301,7 @@ async def test_throttling_gives_up_before_the_hubs_start_timeout_with_its_own_me
         await hub_waits_for(spawner)
     assert time.monotonic() - started < 3.5  # 4 s, less the second the hub's cancel needs
     assert "kept throttling the hub's requests" in raised.value.log_message
+    assert format_exception(raised.value)[0] == raised.value.log_message  # no "HTTP 503: ..."
     assert outcome_count("k8s_throttled") - before == 1
 
 
@@ -353,6 +355,8 @@ async def test_a_refused_profile_makes_no_api_call(make_spawner, user_namespaces
     assert (
         "Cannot start this server: profile 'broken', container 'bare'" in raised.value.log_message
     )
+    # The spawn page shows the message itself (JupyterHub's own formatting of the error).
+    assert format_exception(raised.value) == (raised.value.log_message, None)
     assert outcome_count("qos_refused", "broken") - before == 1
 
 

@@ -81,6 +81,13 @@ class SpawnTiming:
     running: float | None = None
 
 
+def user_facing(error: web.HTTPError) -> web.HTTPError:
+    """The error with its message as JupyterHub's spawn page and progress stream show it
+    (``jupyterhub_message``), not as "HTTP 503: Service Unavailable (...)"."""
+    error.jupyterhub_message = error.log_message  # type: ignore[attr-defined]
+    return error
+
+
 class ResilientKubeSpawner(KubeSpawner):
     """KubeSpawner that only creates Guaranteed user pods and tunes activity reporting."""
 
@@ -667,7 +674,7 @@ class ResilientKubeSpawner(KubeSpawner):
             if settings is not None:
                 forgive_failure(settings)
         if isinstance(error, qos.QoSError):
-            return web.HTTPError(500, f"Cannot start this server: {error}")
+            return user_facing(web.HTTPError(500, f"Cannot start this server: {error}"))
         if failure.message is None:
             return error
         self.log.warning(
@@ -675,7 +682,7 @@ class ResilientKubeSpawner(KubeSpawner):
         )
         if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
             return TimeoutError(failure.message)
-        return web.HTTPError(503, failure.message)
+        return user_facing(web.HTTPError(503, failure.message))
 
     @property
     def _waiting_for_response(self) -> bool:
