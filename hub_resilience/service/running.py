@@ -49,9 +49,6 @@ class Listing:
     ready: dict[str, frozenset[str]] = field(default_factory=dict)
     listed_at: float = float("-inf")
 
-    def fresh(self, now: float, max_age: float) -> bool:
-        return now - self.listed_at < max_age
-
 
 class RunningServers:
     """The last listing of ready servers, refreshed on demand (one listing at a time).

@@ -195,12 +195,17 @@ def hub_url(settings: StoppedSettings, path: str, uri: str) -> str:
     return f"{settings.base_url}hub/{request[len(settings.base_url):]}"
 
 
+def shown_path(settings: StoppedSettings, path: str) -> str:
+    """The request path as the hub's messages show it: from the ``/user/`` on."""
+    return path[len(settings.base_url) - 1:]
+
+
 def json_answer(
     kind: StoppedKind, settings: StoppedSettings, path: str, server_path: ServerPath
 ) -> Answer:
     """The hub's JSON for a stopped server (same ``message`` wording as JupyterHub's)."""
     start = spawn_url(settings, server_path)
-    shown = path[len(settings.base_url) - 1:]
+    shown = shown_path(settings, path)
     body = {
         "status": settings.status,
         "message": f"JupyterHub server no longer running at {shown}. Restart the server at "
@@ -211,13 +216,16 @@ def json_answer(
     return Answer(kind, settings.status, "application/json", json.dumps(body).encode(), headers)
 
 
-def navigation_answer(settings: StoppedSettings, path: str, uri: str) -> Answer:
+def navigation_answer(
+    settings: StoppedSettings, path: str, uri: str, kind: StoppedKind = StoppedKind.PAGE
+) -> Answer:
     """A browser navigation goes to the hub: it looks the user's servers up, shows the spawn
-    pending page, spawns implicitly, renders the operator's templates or asks for a login."""
+    pending page, spawns implicitly, renders the operator's templates or asks for a login.
+    (So does any GET for a running server whose route is missing, as ``kind``.)"""
     location = hub_url(settings, path, uri)
     body = f"Redirecting to {location}\n".encode()
     headers = {**NO_STORE_HEADERS, "Location": location}
-    return Answer(StoppedKind.PAGE, NAVIGATION_STATUS, "text/plain; charset=UTF-8", body, headers)
+    return Answer(kind, NAVIGATION_STATUS, "text/plain; charset=UTF-8", body, headers)
 
 
 def server_of(server_path: ServerPath, running: frozenset[str], settings: StoppedSettings) -> str:
@@ -237,15 +245,11 @@ def route_missing_answer(
     it back (with its own backoff) until the route returns; a request that cannot follow that
     (an upgrade, a non-GET) is told to retry shortly. Never "stopped"."""
     if method.upper() in ("GET", "HEAD") and kind != StoppedKind.WEBSOCKET:
-        location = hub_url(settings, path, uri)
-        body = f"Redirecting to {location}\n".encode()
-        headers = {**NO_STORE_HEADERS, "Location": location}
-        return Answer(StoppedKind.ROUTE_MISSING, NAVIGATION_STATUS, "text/plain; charset=UTF-8",
-                      body, headers)
-    shown = path[len(settings.base_url) - 1:]
+        return navigation_answer(settings, path, uri, StoppedKind.ROUTE_MISSING)
     message = {
         "status": ROUTE_MISSING_STATUS,
-        "message": f"The server at {shown} is running; its route is being restored. "
+        "message": f"The server at {shown_path(settings, path)} is running; its route is "
+        "being restored. "
         f"Retry in {ROUTE_MISSING_RETRY_AFTER} s.",
     }
     base = WEBSOCKET_HEADERS if kind == StoppedKind.WEBSOCKET else NO_STORE_HEADERS
