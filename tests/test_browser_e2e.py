@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, Locator, Page
-from prometheus_client.parser import text_string_to_metric_families
 
 from hub_resilience.hubclient import HubClient
 from hub_resilience.settings import HubResilience
@@ -48,7 +47,8 @@ from tests.support.browser import (
 from tests.support.hub import (
     SERVICE_NAME,
     RunningHub,
-    fetch,
+    handler_answers,
+    route_checks,
     running_hub,
     unused_port,
 )
@@ -134,34 +134,6 @@ def artifacts(tmp_path: Path, case: str) -> Path:
 def hub_requests(log: str) -> list[dict[str, str]]:
     """The requests in JupyterHub's access log (the hub's own lines, not its servers')."""
     return [m.groupdict() for line in log.splitlines() if (m := ACCESS_LOG.match(line))]
-
-
-async def metric_sum(url: str, name: str, token: str | None = None) -> float:
-    """The sum of a metric's samples at a Prometheus endpoint (its labels added up)."""
-    headers = {"Authorization": f"token {token}"} if token else {}
-    response = await fetch(url, headers=headers)
-    assert response.code == 200, (url, response.code)
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.body.decode())
-        for sample in family.samples
-        if sample.name == name
-    )
-
-
-async def handler_answers(port: int) -> float:
-    """Requests the stopped-server handler has answered (the service's own metric)."""
-    return await metric_sum(
-        f"http://127.0.0.1:{port}/metrics", "hub_resilience_stopped_server_responses_total"
-    )
-
-
-async def route_checks(hub: RunningHub) -> float:
-    """Route checks the hub has run (JupyterHub's metric; route repair's checks included)."""
-    return await metric_sum(
-        hub.api_url.removesuffix("/api") + "/metrics",
-        "jupyterhub_check_routes_duration_seconds_count", hub.token,
-    )
 
 
 async def next_route_check(hub: RunningHub, timeout: float = REPAIRED_WITHIN) -> None:

@@ -12,13 +12,14 @@ import asyncio
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hub_resilience.settings import HubResilience
 from tests.support.hub import (
     RunningHub,
     create_users,
     fetch,
+    handler_answers,
+    metric_sum,
     running_hub,
     start_servers,
     unused_port,
@@ -51,23 +52,6 @@ print("last_activity_interval =", c.JupyterHub.last_activity_interval, flush=Tru
 
 def hub_config(port: int, extra: str = "") -> str:
     return CONFIG.format(port=port, servers=SERVERS, extra=extra)
-
-
-async def service_samples(port: int, name: str, **labels: str) -> float:
-    """The sum of the service's samples of ``name`` with these labels (its own metrics)."""
-    response = await fetch(f"http://127.0.0.1:{port}/metrics")
-    assert response.code == 200
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.body.decode())
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
-
-
-async def handler_answers(port: int, **labels: str) -> float:
-    """Requests the stopped-server handler has answered (its own metric)."""
-    return await service_samples(port, "hub_resilience_stopped_server_responses_total", **labels)
 
 
 class Tab:
@@ -202,8 +186,9 @@ async def test_a_running_server_whose_route_alone_is_lost_is_never_told_it_stopp
         assert stopped.code == 424  # dave: stopped, answered without asking the hub again
         # One listing of running servers served every request of the gap (max_age 30 s;
         # the gap lasts up to the 30 s of route repair, so at most one more).
-        listings = await service_samples(
-            port, "hub_resilience_hub_api_requests_total", component="stopped_handler"
+        listings = await metric_sum(
+            f"http://127.0.0.1:{port}/metrics", "hub_resilience_hub_api_requests_total",
+            component="stopped_handler",
         )
         assert 1 <= listings <= 2, listings
         log = hub.log_text()

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import websocket_connect
 
@@ -33,6 +32,9 @@ from tests.support.hub import (
     create_users,
     fetch,
     gather_limited,
+    metric_samples,
+    metric_sum,
+    route_checks,
     running_hub,
     unused_port,
     user_token,
@@ -93,17 +95,6 @@ async def service_health(port: int) -> dict[str, Any] | None:
     return json.loads(response.body) if response.code == 200 else None
 
 
-async def metric_samples(url: str, token: str | None = None) -> list[Any]:
-    headers = {"Authorization": f"token {token}"} if token else {}
-    response = await fetch(url, headers=headers)
-    assert response.code == 200, (url, response.code)
-    return [
-        sample
-        for family in text_string_to_metric_families(response.body.decode())
-        for sample in family.samples
-    ]
-
-
 async def hub_request_count(hub: RunningHub) -> int:
     """Requests the hub has handled (its own /hub/metrics), the metrics scrapes excepted."""
     samples = await metric_samples(hub.api_url.removesuffix("/api") + "/metrics", hub.token)
@@ -111,13 +102,6 @@ async def hub_request_count(hub: RunningHub) -> int:
         s.value for s in samples
         if s.name == "jupyterhub_request_duration_seconds_count"
         and s.labels.get("handler") != HUB_METRICS_HANDLER
-    ))
-
-
-async def route_checks(hub: RunningHub) -> int:
-    samples = await metric_samples(hub.api_url.removesuffix("/api") + "/metrics", hub.token)
-    return int(sum(
-        s.value for s in samples if s.name == "jupyterhub_check_routes_duration_seconds_count"
     ))
 
 
@@ -227,11 +211,9 @@ async def _code(response: Awaitable[HTTPResponse]) -> int:
 
 async def handler_listings(port: int) -> int:
     """Requests the handler sent the hub to list its running servers (the service's metric)."""
-    samples = await metric_samples(f"http://127.0.0.1:{port}/metrics")
-    return int(sum(
-        s.value for s in samples
-        if s.name == "hub_resilience_hub_api_requests_total"
-        and s.labels.get("component") == "stopped_handler"
+    return int(await metric_sum(
+        f"http://127.0.0.1:{port}/metrics", "hub_resilience_hub_api_requests_total",
+        component="stopped_handler",
     ))
 
 

@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from hub_resilience.hubclient import HubClient
@@ -46,7 +47,11 @@ __all__ = [
     "create_users",
     "fetch",
     "gather_limited",
+    "handler_answers",
+    "metric_samples",
+    "metric_sum",
     "promtool_check_metrics",
+    "route_checks",
     "running_hub",
     "start_servers",
     "unused_port",
@@ -112,6 +117,42 @@ async def fetch(url: str, **kwargs: Any) -> HTTPResponse:
         return await http.fetch(HTTPRequest(url, **kwargs), raise_error=False)
     finally:
         http.close()
+
+
+async def metric_samples(url: str, token: str | None = None) -> list[Any]:
+    """Every sample at a Prometheus endpoint (the hub's needs a token)."""
+    headers = {"Authorization": f"token {token}"} if token else {}
+    response = await fetch(url, headers=headers)
+    assert response.code == 200, (url, response.code)
+    return [
+        sample
+        for family in text_string_to_metric_families(response.body.decode())
+        for sample in family.samples
+    ]
+
+
+async def metric_sum(url: str, name: str, token: str | None = None, **labels: str) -> float:
+    """The sum of the samples of ``name`` that have these labels, at a Prometheus endpoint."""
+    return sum(
+        sample.value for sample in await metric_samples(url, token)
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+async def handler_answers(port: int, **labels: str) -> float:
+    """Requests the stopped-server handler has answered, from the service on ``port``."""
+    return await metric_sum(
+        f"http://127.0.0.1:{port}/metrics", "hub_resilience_stopped_server_responses_total",
+        **labels,
+    )
+
+
+async def route_checks(hub: LocalHub) -> float:
+    """Route checks the hub has run (JupyterHub's metric; route repair's checks included)."""
+    return await metric_sum(
+        hub.api_url.removesuffix("/api") + "/metrics",
+        "jupyterhub_check_routes_duration_seconds_count", hub.token,
+    )
 
 
 async def user_token(client: HubClient, name: str) -> str:
