@@ -123,8 +123,9 @@ class HubResilience(Configurable):
         help="""
         Seconds the stopped-server handler trusts its listing of the hub's running servers
         (one GET /users?state=ready for all users, made only when a request for a stopped
-        server needs it): a server listed as running whose route is missing is sent where
-        the hub serves it (kind route_missing), never told it stopped. 0: never list (no
+        server needs it): a server listed as running (checked with the hub for that one
+        user when the listing is older than the request) whose route is missing is sent
+        where the hub serves it (kind route_missing), never told it stopped. 0: never list (no
         list:users and read:servers scopes for the service); docs/service.md, "A running
         server whose route is missing".
         """,

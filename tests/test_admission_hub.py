@@ -70,6 +70,11 @@ async def gauges(hub: RunningHub) -> dict[str, float]:
     return found
 
 
+def governor_lines(hub: RunningHub) -> list[str]:
+    """The hub's log lines of the governor's changes: why the limit is where it is."""
+    return [line for line in hub.log_text().splitlines() if "concurrent_spawn_limit" in line]
+
+
 async def ready_at(client, name: str, timeout: float = 60.0) -> float:
     """When ``name``'s server became ready (polled every 0.1 s), as time.monotonic()."""
     deadline = time.monotonic() + timeout
@@ -108,7 +113,7 @@ async def test_the_governor_raises_the_limit_the_hub_enforces_and_tells_the_real
         waiting = [names[codes.index(429)], *names[3:6]]
         deadline = time.monotonic() + 30
         while waiting:
-            assert time.monotonic() < deadline, await gauges(hub)
+            assert time.monotonic() < deadline, (await gauges(hub), governor_lines(hub))
             if (await post_spawn(hub, waiting[0], 6)).code == 202:
                 waiting.pop(0)
             else:

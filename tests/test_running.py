@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hub_resilience.hubclient import HubAPIError, UserPage
-from hub_resilience.service.running import RunningServers, ready_servers
+from hub_resilience.service.running import CONFIRMED_FOR, RunningServers, ready_servers
 
 
 def user(name: str, **servers: bool) -> dict[str, Any]:
@@ -23,13 +23,27 @@ def test_ready_servers_keeps_ready_ones_and_skips_unreadable_models() -> None:
 
 
 class ScriptedHub:
-    """Answers iter_user_pages from a list of pages; counts listings and can fail them."""
+    """Answers iter_user_pages from a list of pages and get_user from ``users`` (the listed
+    users unless set); counts listings and lookups and can fail them."""
 
     def __init__(self, pages: list[list[dict[str, Any]]]) -> None:
         self.pages = pages
+        self.users: dict[str, dict[str, Any]] | None = None
         self.listings = 0
+        self.lookups = 0
         self.fail = False
         self.gate: asyncio.Event | None = None
+
+    async def get_user(self, name: str) -> dict[str, Any] | None:
+        self.lookups += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise HubAPIError(f"GET /users/{name}: 503", method="GET", path=f"/users/{name}")
+        users = self.users
+        if users is None:
+            users = {u["name"]: u for page in self.pages for u in page}
+        return users.get(name)
 
     async def iter_user_pages(self, *, page_size: int, state: str):
         assert state == "ready"
@@ -95,6 +109,47 @@ async def test_a_failed_listing_keeps_the_last_one_and_is_not_retried_per_reques
     assert hub.listings == 2
     assert "Could not list the running servers" in caplog.text
     assert "keeping the one from 31 s ago" in caplog.text
+    # The check with the hub failed too: the listing's answer stands, asked once.
+    assert hub.lookups == 1
+    assert "Could not check alice's servers with the hub" in caplog.text
+
+
+async def test_a_server_stopped_since_the_listing_is_checked_with_the_hub_and_forgotten() -> None:
+    hub = ScriptedHub([[user("alice", **{"": True}), user("bob", **{"": True})]])
+    clock = Clock()
+    running = RunningServers(hub, max_age=30, clock=clock)  # type: ignore[arg-type]
+    assert await running.servers_of("alice") == {""}  # the listing was made for this request
+    assert hub.lookups == 0
+    hub.users = {"alice": user("alice", **{"": False}), "bob": user("bob", **{"": True})}
+    clock.now += 0.1  # alice stopped her server just after the listing; bob's route is lost
+    assert await running.servers_of("alice") == frozenset()
+    assert await running.servers_of("bob") == {""}
+    assert hub.lookups == 2
+    for _ in range(50):  # alice is answered from the listing now, bob from the hub's answer
+        assert await running.servers_of("alice") == frozenset()
+        assert await running.servers_of("bob") == {""}
+    assert hub.lookups == 2
+    clock.now += CONFIRMED_FOR
+    assert await running.servers_of("bob") == {""}
+    assert hub.lookups == 3
+    hub.users = {}  # bob was deleted
+    clock.now += CONFIRMED_FOR
+    assert await running.servers_of("bob") == frozenset()
+    assert (hub.listings, hub.lookups) == (1, 4)
+
+
+async def test_concurrent_requests_for_one_listed_user_share_one_lookup() -> None:
+    hub = ScriptedHub([[user("alice", **{"": True})]])
+    clock = Clock()
+    running = RunningServers(hub, max_age=30, clock=clock)  # type: ignore[arg-type]
+    await running.servers_of("alice")
+    clock.now += 1
+    hub.gate = asyncio.Event()
+    waiting = [asyncio.ensure_future(running.servers_of("alice")) for _ in range(25)]
+    await asyncio.sleep(0.01)
+    hub.gate.set()
+    assert set(await asyncio.gather(*waiting)) == {frozenset({""})}
+    assert hub.lookups == 1
 
 
 async def test_a_server_the_culler_stopped_is_forgotten_at_once() -> None:
