@@ -62,7 +62,13 @@ async def test_demo_runs_a_workshop_reports_and_cleans_up() -> None:
     assert "ready                20 of 20" in out
     assert re.search(r"time to ready        p50 [\d.]+ s   p90 [\d.]+ s   p99 [\d.]+ s", out)
     assert "failures             none" in out
-    assert re.search(r"hub served           \d+ requests, 0 of them 429, hub CPU [\d.]+ s", out)
+    # Every 429 the hub sent was absorbed by the client (the governor may cut the limit of 20
+    # below the burst when the hub's loop lags, as JupyterHub 5.5 does under 20 spawns).
+    absorbed = re.search(r"429s absorbed +(\d+) \(", out)
+    assert absorbed, out
+    assert re.search(
+        rf"hub served +\d+ requests, {absorbed[1]} of them 429, hub CPU [\d.]+ s", out
+    ), out
     assert "tab requests         40 after the stop (424: 40)" in out
     # The open tabs went to the stopped-server handler through the proxy, not to the hub.
     assert "40 answered by the stopped-server handler, 0 reached the hub" in out
