@@ -457,24 +457,16 @@ OTHER_REQUESTS = {
         lambda s: s._check_pvc_exists("claim-x", s.namespace),
     ),
     "create_namespace": ("create_namespace", lambda s: s._ensure_namespace()),
-    "create_secret": (
-        "create_namespaced_secret",
-        lambda s: s._make_create_resource_request("secret", manifest("x")),
-    ),
-    "delete_secret": (
-        "delete_namespaced_secret",
-        lambda s: s._ensure_not_exists("secret", "x"),
-    ),
-    "read_secret": ("read_namespaced_secret", lambda s: s._ensure_not_exists("secret", "x")),
-    "create_service": (
-        "create_namespaced_service",
-        lambda s: s._make_create_resource_request("service", manifest("x")),
-    ),
-    "delete_service": (
-        "delete_namespaced_service",
-        lambda s: s._ensure_not_exists("service", "x"),
-    ),
-    "read_service": ("read_namespaced_service", lambda s: s._ensure_not_exists("service", "x")),
+    **{
+        request: (f"{verb}_namespaced_{kind}", make)
+        for kind in ("secret", "service")
+        for request, verb, make in (
+            (f"create_{kind}", "create",
+             lambda s, kind=kind: s._make_create_resource_request(kind, manifest("x"))),
+            (f"delete_{kind}", "delete", lambda s, kind=kind: s._ensure_not_exists(kind, "x")),
+            (f"read_{kind}", "read", lambda s, kind=kind: s._ensure_not_exists(kind, "x")),
+        )
+    },
 }
 
 
