@@ -153,8 +153,9 @@ def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the
         SpawnTracker(),
     )
     assert settings["concurrent_spawn_limit"] == state.limit == 4
-    # No spawn has finished yet: the default wait of 30 s, +-25%.
-    assert settings["spawn_throttle_retry_range"] == retry_after_range(30.0) == (23, 38)
+    # No spawn has finished yet: the new one is expected in as long again as it has run, at
+    # least a second, so the range is the lowest the governor tells (not 30 s).
+    assert settings["spawn_throttle_retry_range"] == retry_after_range(1.0) == (5, 6)
 
 
 def test_a_capacity_hold_is_logged_once_when_it_begins(caplog: pytest.LogCaptureFixture) -> None:

@@ -418,9 +418,13 @@ def test_slot_wait_without_pending_spawns_is_what_a_new_spawn_takes() -> None:
     assert expected_slot_wait([], []) == 30.0
 
 
-def test_slot_wait_without_history_is_the_default() -> None:
-    assert expected_slot_wait([5.0], []) == 30.0
-    assert expected_slot_wait([5.0], [], default=12.5) == 12.5
+def test_slot_wait_without_history_takes_each_pending_spawn_as_overdue() -> None:
+    """The first burst on a fresh hub: nothing has finished, so the pending spawns are
+    expected in as long again as they have run (at least a second), not in ``default``."""
+    assert expected_slot_wait([5.0], []) == 5.0
+    assert expected_slot_wait([0.3], [], default=12.5) == 1.0
+    assert expected_slot_wait([20.0, 8.0], [], waiting_ages=[40.0, 3.0]) == 8.0
+    assert expected_slot_wait([], [], waiting_ages=[40.0, 3.0]) == 40.0
 
 
 def test_slot_wait_during_a_scale_up() -> None:

@@ -345,20 +345,21 @@ def expected_slot_wait(
     them all is overdue and expected in ``max(a, 1.0)`` (as long again). Pods waiting for a
     node are placed first come first served, so of those only the oldest can be next. The
     answer is the minimum over the spawns that can be next; with none pending, what a spawn
-    starting now takes (the median of the recent durations); with no history, ``default``.
-    ValueError for negative or non-finite values.
+    starting now takes (the median of the recent durations), or ``default`` with no history.
+    With spawns pending but none finished yet (a hub just started, the first burst), each is
+    taken as overdue: the refused are told "as long again" and come back sooner each time
+    their spawns outlive it, instead of a fixed ``default`` that makes them wait half a
+    minute for spawns of seconds. ValueError for negative or non-finite values.
     """
     _check_seconds("pending_ages", pending_ages)
     _check_seconds("waiting_ages", waiting_ages)
     _check_seconds("recent_durations", recent_durations)
     if not _is_seconds(default):
         raise ValueError(f"default must be finite seconds >= 0, got {default!r}")
-    if not recent_durations:
-        return float(default)
     candidates = list(pending_ages) + ([max(waiting_ages)] if waiting_ages else [])
     if not candidates:
         # The next 429 comes once spawns are pending: they will take about this long.
-        return float(statistics.median(recent_durations))
+        return float(statistics.median(recent_durations)) if recent_durations else float(default)
     durations = sorted(recent_durations)
     best = math.inf
     for age in candidates:
