@@ -57,7 +57,8 @@ class Listing:
 
     ready: dict[str, frozenset[str]] = field(default_factory=dict)
     listed_at: float = float("-inf")
-    #: When the hub last answered for a user since (or the lookup failed).
+    #: When the hub was last asked about a user since the listing: its answer (or, if the
+    #: lookup failed, the listing's) stands for CONFIRMED_FOR.
     confirmed_at: dict[str, float] = field(default_factory=dict)
 
 
