@@ -13,10 +13,9 @@ import asyncio
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
-from tests.support.hub import RunningHub, create_users, running_hub
+from tests.support.hub import RunningHub, create_users, metric_samples, running_hub
 
 pytestmark = pytest.mark.hub
 
@@ -60,17 +59,11 @@ async def post_spawn(hub: RunningHub, name: str, delay: float) -> HTTPResponse:
 async def gauges(hub: RunningHub) -> dict[str, float]:
     """Every sample of the hub's /hub/metrics whose name starts with hub_resilience_admission,
     by name (labels joined in)."""
-    request = HTTPRequest(
-        f"{hub.api_url.removesuffix('/api')}/metrics",
-        headers={"Authorization": f"token {hub.token}"},
-    )
-    text = (await AsyncHTTPClient().fetch(request)).body.decode()
     found = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name.startswith("hub_resilience_admission"):
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                found[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    for s in await metric_samples(f"{hub.api_url.removesuffix('/api')}/metrics", hub.token):
+        if s.name.startswith("hub_resilience_admission"):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            found[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return found
 
 

@@ -441,6 +441,18 @@ def manifest(name: str) -> Any:
     return V1Pod(metadata=V1ObjectMeta(name=name))
 
 
+def resource_requests(kind: str) -> dict[str, tuple[str, Any]]:
+    """The create, delete and read rows of OTHER_REQUESTS for a secret or a service."""
+    return {
+        f"create_{kind}": (
+            f"create_namespaced_{kind}",
+            lambda s: s._make_create_resource_request(kind, manifest("x")),
+        ),
+        f"delete_{kind}": (f"delete_namespaced_{kind}", lambda s: s._ensure_not_exists(kind, "x")),
+        f"read_{kind}": (f"read_namespaced_{kind}", lambda s: s._ensure_not_exists(kind, "x")),
+    }
+
+
 #: Each request method KubeSpawner's start and stop use besides the pod's: what it calls on
 #: the API, the operation label it counts under, and how the spawner makes it.
 OTHER_REQUESTS = {
@@ -457,16 +469,8 @@ OTHER_REQUESTS = {
         lambda s: s._check_pvc_exists("claim-x", s.namespace),
     ),
     "create_namespace": ("create_namespace", lambda s: s._ensure_namespace()),
-    **{
-        request: (f"{verb}_namespaced_{kind}", make)
-        for kind in ("secret", "service")
-        for request, verb, make in (
-            (f"create_{kind}", "create",
-             lambda s, kind=kind: s._make_create_resource_request(kind, manifest("x"))),
-            (f"delete_{kind}", "delete", lambda s, kind=kind: s._ensure_not_exists(kind, "x")),
-            (f"read_{kind}", "read", lambda s, kind=kind: s._ensure_not_exists(kind, "x")),
-        )
-    },
+    **resource_requests("secret"),
+    **resource_requests("service"),
 }
 
 
