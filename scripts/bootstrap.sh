@@ -9,13 +9,26 @@
 #   - configurable-http-proxy (npm) at $HUB_RESILIENCE_HOME/node, put on PATH by scripts/env.sh;
 #   - promtool (Debian's `prometheus` package) and Chromium (Debian's `chromium`, for the
 #     browser tests, which Playwright from the test extra drives);
-#   - the local Kubernetes control plane (tests/k8s/build.sh), unless SKIP_K8S_BUILD=1.
+#   - the local Kubernetes control plane (tests/k8s/build.sh), unless SKIP_K8S_BUILD=1, built
+#     while the steps above install.
 # Each step is skipped when its result is already there, so a second run takes seconds.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/env.sh
 source "$repo/scripts/env.sh"
 log() { printf '[bootstrap %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# The Kubernetes build (minutes of compiling, when not cached) runs while the steps below
+# download and install, and is waited for at the end; its log is printed then.
+k8s_build_pid=""
+if [[ "${SKIP_K8S_BUILD:-0}" != "1" ]]; then
+  mkdir -p "$HUB_RESILIENCE_HOME"
+  k8s_build_log="$HUB_RESILIENCE_HOME/k8s-build.log"
+  "$repo/tests/k8s/build.sh" >/dev/null 2>"$k8s_build_log" &
+  k8s_build_pid=$!
+  # A bootstrap that fails before the end does not leave the build running.
+  trap '[[ -z "$k8s_build_pid" ]] || kill "$k8s_build_pid" 2>/dev/null || true' EXIT
+fi
 
 stamp="$HUB_RESILIENCE_HOME/venv/.installed-$(sha1sum "$repo/pyproject.toml" | cut -c1-12)"
 if [[ ! -f "$stamp" ]]; then
@@ -128,7 +141,14 @@ if [[ -z "${HUB_RESILIENCE_CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
   log "Chromium installed in $((SECONDS - started))s"
 fi
 
-if [[ "${SKIP_K8S_BUILD:-0}" != "1" ]]; then
-  "$repo/tests/k8s/build.sh" >/dev/null
+if [[ -n "$k8s_build_pid" ]]; then
+  k8s_status=0
+  wait "$k8s_build_pid" || k8s_status=$?
+  k8s_build_pid=""
+  cat "$k8s_build_log" >&2
+  if [[ $k8s_status -ne 0 ]]; then
+    log "the Kubernetes build (tests/k8s/build.sh) failed with status $k8s_status; its log is above and in $k8s_build_log"
+    exit "$k8s_status"
+  fi
 fi
 log "ready"

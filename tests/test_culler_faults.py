@@ -41,7 +41,8 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.concurrent_spawn_limit = 0
 c.SimulatedSpawner.honour_user_options = True
 c.Spawner.start_timeout = 7200
-c.JupyterHub.tornado_settings = {"slow_stop_timeout": 0.5}
+# As z2jh: a start is answered at once (202); the servers meant to stay pending cost no wait.
+c.JupyterHub.tornado_settings = {"slow_stop_timeout": 0.5, "slow_spawn_timeout": 0}
 """
 
 

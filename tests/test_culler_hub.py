@@ -42,7 +42,15 @@ c.JupyterHub.allow_named_servers = True
 c.JupyterHub.concurrent_spawn_limit = 0
 c.SimulatedSpawner.honour_user_options = True
 c.Spawner.start_timeout = 7200  # servers meant to stay pending must not time out
-c.JupyterHub.tornado_settings = {"slow_stop_timeout": 0.5}
+# As z2jh: a start is answered at once (202), not after 10 s, so the servers meant to stay
+# pending cost no wait; the others are polled until ready.
+c.JupyterHub.tornado_settings = {"slow_stop_timeout": 0.5, "slow_spawn_timeout": 0}
+"""
+
+#: For a hub that is never restarted: its database in memory, which spares the 2,000-user
+#: seeding a file commit (and fsync) for every user and spawn.
+IN_MEMORY_DB = """
+c.JupyterHub.db_url = "sqlite:///:memory:"
 """
 
 
@@ -99,7 +107,7 @@ async def test_culls_exactly_the_idle_servers_of_a_2000_user_hub() -> None:
     idle = idle_default + idle_named + mixed_a_idle + mixed_b_idle + admin_idle
     active = active_default + active_named + mixed_a_active + mixed_b_active
 
-    async with running_hub(HUB_CONFIG) as hub, hub.client() as client:
+    async with running_hub(HUB_CONFIG + IN_MEMORY_DB) as hub, hub.client() as client:
         await create_users(client, names)
         await create_users(client, ["admin-idle"], admin=True)
         await start_servers(client, idle + active)
@@ -150,7 +158,7 @@ async def test_culls_exactly_the_idle_servers_of_a_2000_user_hub() -> None:
 
 async def test_user_active_since_the_page_was_listed_is_not_culled() -> None:
     names = [f"rc{i}" for i in range(6)]
-    async with running_hub(HUB_CONFIG) as hub, hub.client() as client:
+    async with running_hub(HUB_CONFIG + IN_MEMORY_DB) as hub, hub.client() as client:
         await create_users(client, names)
         await start_servers(client, [(n, "") for n in names])
         page = await client.list_users_page(state="active", limit=50)

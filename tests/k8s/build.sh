@@ -116,19 +116,33 @@ build_one() { # name, module dir, package, ldflags
   log "built $name in $((SECONDS - start))s"
 }
 
-build_one etcd "$here/gomod/etcd" go.etcd.io/etcd/server/v3 "-s -w"
-build_one kube-apiserver "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-apiserver "$ldflags_k8s"
-build_one kube-scheduler "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-scheduler "$ldflags_k8s"
-# Only its PersistentVolume binder (with the hostPath provisioner) runs: PVCs get bound.
-build_one kube-controller-manager "$here/gomod/kubernetes" \
-  k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags_k8s"
+build_kubernetes() {
+  build_one kube-apiserver "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-apiserver "$ldflags_k8s"
+  build_one kube-scheduler "$here/gomod/kubernetes" k8s.io/kubernetes/cmd/kube-scheduler "$ldflags_k8s"
+  # Only its PersistentVolume binder (with the hostPath provisioner) runs: PVCs get bound.
+  build_one kube-controller-manager "$here/gomod/kubernetes" \
+    k8s.io/kubernetes/cmd/kube-controller-manager "$ldflags_k8s"
+}
 
-if [[ ! -x "$bin_dir/kwok" ]]; then
+build_kwok() {
+  if [[ -x "$bin_dir/kwok" ]]; then return 0; fi
   log "building kwok $KWOK_VERSION"
-  start=$SECONDS
+  local start=$SECONDS
   GOBIN="$bin_dir" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   log "built kwok in $((SECONDS - start))s"
-fi
+}
+
+# etcd, Kubernetes and kwok are separate modules with separate downloads: built side by
+# side, one's downloads and single-threaded links overlap the others' compiling.
+started=$SECONDS
+pids=()
+build_one etcd "$here/gomod/etcd" go.etcd.io/etcd/server/v3 "-s -w" & pids+=($!)
+build_kubernetes & pids+=($!)
+build_kwok & pids+=($!)
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[[ $failed -eq 0 ]] || { log "a build failed (its output is above)"; exit 1; }
+log "control plane built in $((SECONDS - started))s"
 # KWOK's stage definitions ship in its module source, not in the binary.
 if [[ ! -d "$bin_dir/kwok-stages" ]]; then
   go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
