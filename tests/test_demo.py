@@ -38,11 +38,12 @@ def exists(path: str) -> bool:
 
 
 @pytest.mark.hub
-async def test_demo_runs_a_workshop_reports_and_cleans_up() -> None:
+async def test_demo_runs_a_workshop_reports_and_cleans_up(tmp_path: Path) -> None:
+    chart = tmp_path / "workshop.png"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hub_resilience", "demo",
         "--users", "20", "--start-delay", "0.2", "--hold", "1", "--activity-interval", "0.5",
-        "--tab-requests", "2", "--tab-interval", "0.1",
+        "--tab-requests", "2", "--tab-interval", "0.1", "--chart", str(chart),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         # Its own session: every process it starts (hub, proxy, service, responder) is found
         # by session id afterwards, wherever it was reparented.
@@ -76,6 +77,9 @@ async def test_demo_runs_a_workshop_reports_and_cleans_up() -> None:
     service_metrics = re.search(r"service metrics +(http://127\.0\.0\.1:\d+/metrics)", out)
     assert hub_metrics and service_metrics
     assert "Stopped the hub" in out
+    # --chart: the picture of the run is written, and kept (it is not among the demo's files).
+    assert re.search(rf"chart +{re.escape(str(chart))}", out), out
+    assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     # Cleaned up: no process of the demo's session is left, and its files are gone.
     leftovers = session_members(process.pid)
@@ -103,6 +107,14 @@ def test_demo_refuses_bad_input_naming_the_flag() -> None:
     )
     assert result.returncode == 2
     assert "--spawn-limit must be >= 0" in result.stderr
+    # A chart that could not be written is refused before any hub starts.
+    result = subprocess.run(
+        [sys.executable, "-m", "hub_resilience", "demo", "--chart", "/nonexistent/run.png"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--chart /nonexistent/run.png: folder /nonexistent does not exist" in result.stderr
+    assert "Starting" not in result.stdout
 
 
 def test_demo_and_simulate_have_help() -> None:
@@ -113,3 +125,4 @@ def test_demo_and_simulate_have_help() -> None:
         )
         assert result.returncode == 0
         assert f"usage: hub-resilience {command}" in result.stdout
+        assert "--chart FILE" in result.stdout

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -117,9 +118,11 @@ async def test_a_burst_through_the_spawn_limit_is_absorbed(
     prefix = f"burst-{client}-"
     plan = SimulationPlan(users=30, client=client, timeout=240, user_prefix=prefix)
     seen = []
-    report = await Simulation(
-        throttled_hub.url, throttled_hub.token, plan, api_url=throttled_hub.api_url
-    ).run(seen.append)
+    simulation = Simulation(
+        throttled_hub.url, throttled_hub.token, plan, api_url=throttled_hub.api_url,
+        timeline=client,
+    )
+    report = await simulation.run(seen.append)
 
     assert report.ready == 30
     assert report.failures == {}
@@ -138,13 +141,25 @@ async def test_a_burst_through_the_spawn_limit_is_absorbed(
     # Each simulated server takes 0.5 s to start: a lower bound, not a timing assertion.
     assert 0.5 <= t.p50 <= t.p90 <= t.p99 <= t.max <= report.duration
     assert seen and seen[-1].ready == 30 and seen[-1].finished
+    # The timeline (--chart): each sample accounts for the users who had arrived; the
+    # backoff client's users were seen waiting out the hub's Retry-After (1-2 s); at the end
+    # all are ready. The hub's event loop was read at least at the end.
+    timeline = simulation.timeline
+    assert timeline is not None and timeline.label == client
+    assert all(u.ready + u.pending + u.refused + u.failed <= 30 for u in timeline.users)
+    assert [u.elapsed for u in timeline.users] == sorted(u.elapsed for u in timeline.users)
+    if client == "backoff":
+        assert max(u.refused for u in timeline.users) > 0
+    last = timeline.users[-1]
+    assert (last.ready, last.pending, last.refused, last.failed) == (30, 0, 0, 0)
+    assert timeline.loop and all(x.p99 is not None and x.p99 > 0 for x in timeline.loop)
     # Clean-up: the run's users are gone.
     assert await user_names(throttled_hub, prefix) == []
 
 
 @pytest.mark.hub
 async def test_command_line_json_report_with_activity_and_tabs(
-    throttled_hub: RunningHub,
+    throttled_hub: RunningHub, tmp_path: Path
 ) -> None:
     """Steady arrivals that hold their server posting activity, stop it and keep a tab open
     on it: with no stopped-server handler, the proxy sends the tab to the hub (a redirect to
@@ -155,6 +170,7 @@ async def test_command_line_json_report_with_activity_and_tabs(
         "--url", throttled_hub.url, "--users", "4", "--arrival", "steady", "--rate", "8",
         "--hold", "1.5", "--activity-interval", "0.5", "--tab-requests", "2",
         "--tab-interval", "0.1", "--user-prefix", "cli-", "--json",
+        "--chart", str(tmp_path / "run.png"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 300)
@@ -170,6 +186,8 @@ async def test_command_line_json_report_with_activity_and_tabs(
     assert report["tab_requests"] == {"424": 8}
     assert report["hub"]["by_handler"]["UserUrlHandler"] == 8
     assert b"4/4 ready" in stderr  # the progress lines
+    assert f"chart: {tmp_path / 'run.png'}".encode() in stderr
+    assert (tmp_path / "run.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert await user_names(throttled_hub, "cli-") == []
 
 

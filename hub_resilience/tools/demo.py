@@ -25,6 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub_resilience.hubclient import HubAPIError
+from hub_resilience.tools.chart import (
+    ChartUnavailable,
+    add_chart_argument,
+    check_chart_path,
+    draw,
+)
 from hub_resilience.tools.loadreport import LoadReport
 from hub_resilience.tools.localhub import LocalHub, local_hub, unused_port
 from hub_resilience.tools.simulate import (
@@ -176,6 +182,7 @@ async def run_demo(
     keep_running: bool,
     as_json: bool,
     out: TextIO,
+    chart: Path | None = None,
 ) -> int:
     """Start the hub, run the workshop, print the report, stop everything."""
     info = sys.stderr if as_json else out
@@ -214,7 +221,10 @@ async def run_demo(
             f"({plan.tab_requests} requests).",
             file=info, flush=True,
         )
-        simulation = Simulation(hub.url, hub.token, plan, api_url=hub.api_url)
+        simulation = Simulation(
+            hub.url, hub.token, plan, api_url=hub.api_url,
+            timeline=None if chart is None else f"hub-resilience, {where}",
+        )
         report = await simulation.run(progress_printer(sys.stderr))
         handled_text = await _fetch_text(service_metrics)
         handled = None if handled_text is None else stopped_responses(handled_text)
@@ -224,6 +234,10 @@ async def run_demo(
             handled=handled,
         ):
             print(line, file=info)
+        if chart is not None and simulation.timeline is not None:
+            draw([simulation.timeline], chart,
+                 title=f"demo: {plan.users} students, {plan.describe_arrival()}")
+            print(f"  chart                {chart}", file=info, flush=True)
         if keep_running:
             print(
                 "The hub keeps running with the workshop's metrics; Ctrl-C stops and removes it.",
@@ -292,7 +306,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             raise ValueError(f"--spawn-limit must be >= 0 (0: no limit), not {args.spawn_limit}")
         if args.start_delay < 0:
             raise ValueError(f"--start-delay must be >= 0 seconds, not {args.start_delay}")
-    except ValueError as e:
+        if args.chart is not None:
+            check_chart_path(args.chart)
+    except (ValueError, ChartUnavailable) as e:
         print(f"hub-resilience demo: {e}", file=sys.stderr)
         return EXIT_SET_UP_FAILED
     own_dir = args.work_dir is None
@@ -311,6 +327,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 keep_files=not own_dir,
                 keep_running=args.keep_running,
                 as_json=args.json,
+                chart=args.chart,
             ))
     except (RuntimeError, HubAPIError, OSError) as e:
         print(f"hub-resilience demo: {e}", file=sys.stderr)
@@ -384,5 +401,6 @@ def register(subparsers: Any) -> None:
     k8s.add_argument("--namespace", default="hub",
                      help="with --kubernetes: the namespace for user pods (default hub)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_chart_argument(parser)
     parser.set_defaults(func=run_from_args)
 

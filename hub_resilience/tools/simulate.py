@@ -33,6 +33,12 @@ from hub_resilience.hubclient import (
     SpawnFailedError,
     StopResult,
 )
+from hub_resilience.tools.chart import (
+    ChartUnavailable,
+    add_chart_argument,
+    check_chart_path,
+    draw,
+)
 from hub_resilience.tools.loadreport import (
     Arrival,
     HubLoad,
@@ -47,6 +53,7 @@ from hub_resilience.tools.loadreport import (
     parse_hub_metrics,
     render_progress,
 )
+from hub_resilience.tools.timeline import Timeline, loop_between, users_at
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,10 @@ NAVIGATION_HEADERS = {
 }
 
 CLIENTS = ("backoff", "immediate")
+
+#: With a timeline recorded (--chart): seconds between samples of the users, and between
+#: readings of the hub's metrics (its event-loop interval), as often as Prometheus might.
+SAMPLE_EVERY, SCRAPE_EVERY = 1.0, 5.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,7 @@ class Simulation:
         *,
         api_url: str | None = None,
         logger: logging.Logger | None = None,
+        timeline: str | None = None,
     ) -> None:
         if not url:
             raise ValueError("--url (the hub's public URL) is empty")
@@ -259,6 +271,11 @@ class Simulation:
         self._created: list[str] = []
         self._started_at = 0.0
         self._last_outcome_at = 0.0
+        self._arrived = 0
+        self._starting: dict[str, HubClient] = {}  # users whose start is under way
+        #: The run over time, recorded when a label was given (``--chart``).
+        self.timeline: Timeline | None = None if timeline is None else Timeline(timeline)
+        self._last_reading: HubScrape | None = None
 
     # -- the hub's own figures --------------------------------------------------------------
 
@@ -313,16 +330,27 @@ class Simulation:
             reporter: asyncio.Future[None] | None = None
             if on_progress is not None:
                 reporter = asyncio.ensure_future(self._report_progress(on_progress))
+            recorder: asyncio.Future[None] | None = None
+            if self.timeline is not None:
+                recorder = asyncio.ensure_future(self._record(self.timeline, before))
             try:
                 users = zip(names, offsets, strict=True)
                 outcomes = await asyncio.gather(*(self._user(setup, n, o) for n, o in users))
                 self.outcomes = list(outcomes)
             finally:
-                if reporter is not None and on_progress is not None:
-                    reporter.cancel()
-                    await asyncio.gather(reporter, return_exceptions=True)
+                for task in (reporter, recorder):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                if on_progress is not None:
                     on_progress(self.progress())
             after = await self.scrape()
+            if self.timeline is not None:
+                self._sample(self.timeline)
+                if self._last_reading is not None and after is not None:
+                    self.timeline.loop.append(
+                        loop_between(self._elapsed(), self._last_reading, after)
+                    )
             load: HubLoad | None = None
             if before is not None and after is not None:
                 load = hub_load(before, after)
@@ -348,6 +376,34 @@ class Simulation:
             on_progress(self.progress())
             await asyncio.sleep(0.5)
 
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started_at
+
+    def _sample(self, timeline: Timeline) -> None:
+        refused = sum(1 for c in self._starting.values() if c.paused_for > 0)
+        timeline.users.append(users_at(
+            self._elapsed(), arrived=self._arrived, ready=self._ready, failed=self._failed,
+            refused=refused,
+        ))
+
+    async def _record(self, timeline: Timeline, first: HubScrape | None) -> None:
+        """Sample the users every SAMPLE_EVERY seconds and the hub's event loop every
+        SCRAPE_EVERY (an unreadable scrape leaves a gap, not an error)."""
+        self._last_reading = first
+        next_scrape = SCRAPE_EVERY
+        while True:
+            self._sample(timeline)
+            if self._elapsed() >= next_scrape:
+                next_scrape += SCRAPE_EVERY
+                reading = await self.scrape()
+                if reading is not None:
+                    if self._last_reading is not None:
+                        timeline.loop.append(
+                            loop_between(self._elapsed(), self._last_reading, reading)
+                        )
+                    self._last_reading = reading
+            await asyncio.sleep(SAMPLE_EVERY)
+
     async def _create_users(self, client: HubClient, names: list[str]) -> None:
         for start in range(0, len(names), 200):
             created = await client.create_users(names[start : start + 200])
@@ -365,8 +421,10 @@ class Simulation:
         await asyncio.sleep(max(0.0, self._started_at + offset - time.monotonic()))
         arrived = time.monotonic()
         arrived_at = arrived - self._started_at
+        self._arrived += 1
         failure, detail = None, ""
         async with self._user_client() as client:
+            self._starting[name] = client
             try:
                 await client.start_server_and_wait(
                     name, timeout=self.plan.timeout, poll_interval=0.5
@@ -383,6 +441,8 @@ class Simulation:
                 detail = str(e)
             except TimeoutError as e:
                 failure, detail = "timeout", str(e)
+            finally:
+                del self._starting[name]
         now = time.monotonic()
         self._last_outcome_at = max(self._last_outcome_at, now)
         if failure is not None:
@@ -587,8 +647,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
     try:
         plan = plan_from_args(args)
-        simulation = Simulation(args.url, token, plan, api_url=args.api_url)
-    except ValueError as e:
+        if args.chart is not None:
+            check_chart_path(args.chart)
+        simulation = Simulation(
+            args.url, token, plan, api_url=args.api_url,
+            timeline=None if args.chart is None else args.url,
+        )
+    except (ValueError, ChartUnavailable) as e:
         print(f"hub-resilience simulate: {e}", file=sys.stderr)
         return 2
     on_progress = None if args.no_progress else progress_printer(sys.stderr)
@@ -598,6 +663,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"hub-resilience simulate: the hub refused the set-up: {e}", file=sys.stderr)
         return 2
     emit_report(report, as_json=args.json)
+    if simulation.timeline is not None:
+        draw([simulation.timeline], args.chart,
+             title=f"{plan.users} users, {plan.describe_arrival()}")
+        print(f"chart: {args.chart}", file=sys.stderr)
     return exit_status(report)
 
 
@@ -629,6 +698,7 @@ def register(subparsers: Any) -> None:
     add_plan_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_chart_argument(output)
     output.add_argument("--no-progress", action="store_true", help="no live progress bar")
     output.add_argument("--verbose", action="store_true", help="log every user's outcome")
     parser.set_defaults(func=run_from_args)
