@@ -226,6 +226,12 @@ def test_progress_bar() -> None:
     assert "still working" in render_progress(
         ready=10, failed=0, total=10, absorbed=0, elapsed=1, working=4, width=10
     )
+    # With who is waiting out a 429 now, the hub's event loop and the Kubernetes API's 429s.
+    assert render_progress(
+        ready=2, failed=0, total=10, absorbed=9, elapsed=30, refused=3, loop_p99=0.0734,
+        k8s_throttled=12, width=10,
+    ) == ("[##--------] 2/10 ready, 0 failed, 8 waiting (3 refused), 9 429s absorbed, "
+          "hub loop p99 73 ms, 12 Kubernetes API 429s, 30s")
     with pytest.raises(ValueError, match="total"):
         render_progress(ready=0, failed=0, total=0, absorbed=0, elapsed=0)
 
@@ -267,8 +273,15 @@ def test_a_scrape_reads_the_loop_histogram_spawns_and_admission_gauges() -> None
         "hub_resilience_admission_limit 64.0",
         "# TYPE hub_resilience_admission_signal gauge",
         'hub_resilience_admission_signal{signal="pending_spawns"} 12.0',
+        "# TYPE hub_resilience_k8s_api_requests counter",
+        'hub_resilience_k8s_api_requests_total{code="ok",operation="pod_create"} 30.0',
+        'hub_resilience_k8s_api_requests_total{code="429",operation="pod_create"} 5.0',
+        'hub_resilience_k8s_api_requests_total{code="429",operation="pvc_create"} 2.0',
     ])
     scrape = parse_hub_metrics(text)
     assert scrape.loop_intervals == {0.05: 3.0, math.inf: 4.0}
     assert ended_spawns(scrape.spawns) == (2.0, 0.0)
     assert scrape.admission == {"limit": 64.0, "signal:pending_spawns": 12.0}
+    assert scrape.k8s_throttled == 7.0
+    # A hub without ResilientKubeSpawner has no such figure (not 0: unknown).
+    assert parse_hub_metrics("\n".join(text.splitlines()[:5])).k8s_throttled is None

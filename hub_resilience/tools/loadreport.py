@@ -40,6 +40,7 @@ CPU_SAMPLE = "process_cpu_seconds_total"
 LOOP_INTERVAL_BUCKET = "jupyterhub_event_loop_interval_seconds_bucket"
 SPAWNS_SAMPLE = "jupyterhub_server_spawn_duration_seconds_count"
 ADMISSION_PREFIX = "hub_resilience_admission_"
+K8S_REQUESTS_SAMPLE = "hub_resilience_k8s_api_requests_total"
 
 
 def arrival_offsets(
@@ -151,6 +152,8 @@ class HubScrape:
     loop_intervals: Mapping[float, float] = field(default_factory=dict)  # le -> cumulative
     spawns: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (status, reason)
     admission: Mapping[str, float] = field(default_factory=dict)  # "limit", "signal:pending"..
+    #: The Kubernetes API's 429s to ResilientKubeSpawner's requests; None for another spawner.
+    k8s_throttled: float | None = None
 
 
 def parse_hub_metrics(text: str) -> HubScrape:
@@ -160,6 +163,7 @@ def parse_hub_metrics(text: str) -> HubScrape:
     loop: dict[float, float] = {}
     spawns: dict[tuple[str, str], float] = {}
     admission: dict[str, float] = {}
+    k8s_throttled: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == REQUESTS_SAMPLE:
@@ -176,12 +180,15 @@ def parse_hub_metrics(text: str) -> HubScrape:
             elif sample.name == SPAWNS_SAMPLE:
                 key2 = (sample.labels.get("status", ""), sample.labels.get("reason", ""))
                 spawns[key2] = spawns.get(key2, 0.0) + sample.value
+            elif sample.name == K8S_REQUESTS_SAMPLE:
+                throttled = sample.value if sample.labels.get("code") == "429" else 0.0
+                k8s_throttled = (k8s_throttled or 0.0) + throttled
             elif sample.name.startswith(ADMISSION_PREFIX):
                 name = sample.name.removeprefix(ADMISSION_PREFIX)
                 if "signal" in sample.labels:
                     name = f"{name}:{sample.labels['signal']}"
                 admission[name] = sample.value
-    return HubScrape(requests, cpu, loop, spawns, admission)
+    return HubScrape(requests, cpu, loop, spawns, admission, k8s_throttled)
 
 
 #: Spawn "durations" JupyterHub records for a spawn it refused (a status in 5.5, a reason
@@ -424,12 +431,17 @@ def render_progress(
     absorbed: int,
     elapsed: float,
     working: int = 0,
+    refused: int = 0,
+    loop_p99: float | None = None,
+    k8s_throttled: float | None = None,
     width: int = 30,
 ) -> str:
     """One line of the live progress bar: ``[###x----] 12/20 ready, ...``.
 
     ``#`` are users with a ready server, ``x`` users who failed, ``-`` users still waiting;
-    ``working`` counts ready users who have not left yet (holding, stopping, tab traffic).
+    ``working`` counts ready users who have not left yet (holding, stopping, tab traffic);
+    ``refused``, the waiting users who are waiting out a 429 right now. When known: the hub's
+    latest event-loop interval p99 (seconds) and the Kubernetes API's 429s to the hub.
     """
     if total < 1:
         raise ValueError(f"total must be >= 1, not {total}")
@@ -438,7 +450,13 @@ def render_progress(
     filled_ready = ready * width // total
     filled_failed = min(width - filled_ready, (done * width // total) - filled_ready)
     bar = "#" * filled_ready + "x" * filled_failed + "-" * (width - filled_ready - filled_failed)
-    line = f"[{bar}] {ready}/{total} ready, {failed} failed, {total - done} waiting, "
+    line = f"[{bar}] {ready}/{total} ready, {failed} failed, {total - done} waiting"
+    line += f" ({refused} refused), " if refused else ", "
     if working:
         line += f"{working} still working, "
-    return line + f"{absorbed} 429s absorbed, {elapsed:.0f}s"
+    line += f"{absorbed} 429s absorbed, "
+    if loop_p99 is not None:
+        line += f"hub loop p99 {loop_p99 * 1000:.0f} ms, "
+    if k8s_throttled is not None:
+        line += f"{k8s_throttled:.0f} Kubernetes API 429s, "
+    return line + f"{elapsed:.0f}s"

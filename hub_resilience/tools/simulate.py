@@ -180,6 +180,9 @@ class Progress:
     absorbed: int
     elapsed: float
     working: int = 0  # ready users who have not left yet
+    refused: int = 0  # waiting users waiting out a 429 right now
+    loop_p99: float | None = None  # the hub's latest event-loop interval p99, when recorded
+    k8s_throttled: float | None = None  # Kubernetes API 429s to the hub during the run
 
     @property
     def finished(self) -> bool:
@@ -275,6 +278,7 @@ class Simulation:
         self._starting: dict[str, HubClient] = {}  # users whose start is under way
         #: The run over time, recorded when a label was given (``--chart``).
         self.timeline: Timeline | None = None if timeline is None else Timeline(timeline)
+        self._first_reading: HubScrape | None = None
         self._last_reading: HubScrape | None = None
 
     # -- the hub's own figures --------------------------------------------------------------
@@ -301,10 +305,20 @@ class Simulation:
 
     def progress(self) -> Progress:
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
+        loop_p99 = k8s_throttled = None
+        if self.timeline is not None and self.timeline.loop:
+            loop_p99 = self.timeline.loop[-1].p99
+        first, last = self._first_reading, self._last_reading
+        if first is not None and last is not None and first.k8s_throttled is not None:
+            k8s_throttled = (last.k8s_throttled or 0.0) - first.k8s_throttled
         return Progress(
             self._ready, self._failed, self.plan.users,
             int(_absorbed() - self._absorbed_base), elapsed, self._ready - self._left,
+            self._refused(), loop_p99, k8s_throttled,
         )
+
+    def _refused(self) -> int:
+        return sum(1 for c in self._starting.values() if c.paused_for > 0)
 
     def _setup_client(self, concurrency: int = 10) -> HubClient:
         return HubClient(
@@ -380,16 +394,15 @@ class Simulation:
         return time.monotonic() - self._started_at
 
     def _sample(self, timeline: Timeline) -> None:
-        refused = sum(1 for c in self._starting.values() if c.paused_for > 0)
         timeline.users.append(users_at(
             self._elapsed(), arrived=self._arrived, ready=self._ready, failed=self._failed,
-            refused=refused,
+            refused=self._refused(),
         ))
 
     async def _record(self, timeline: Timeline, first: HubScrape | None) -> None:
         """Sample the users every SAMPLE_EVERY seconds and the hub's event loop every
         SCRAPE_EVERY (an unreadable scrape leaves a gap, not an error)."""
-        self._last_reading = first
+        self._first_reading = self._last_reading = first
         next_scrape = SCRAPE_EVERY
         while True:
             self._sample(timeline)
@@ -605,7 +618,8 @@ def progress_printer(stream: TextIO) -> Callable[[Progress], None]:
             return  # the final line is out
         line = render_progress(
             ready=p.ready, failed=p.failed, total=p.total, absorbed=p.absorbed,
-            elapsed=p.elapsed, working=p.working,
+            elapsed=p.elapsed, working=p.working, refused=p.refused, loop_p99=p.loop_p99,
+            k8s_throttled=p.k8s_throttled,
         )
         if interactive:
             # Pad: the line may be shorter than the previous one.
