@@ -304,7 +304,7 @@ class Simulation:
     # -- the run ----------------------------------------------------------------------------
 
     def progress(self) -> Progress:
-        elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
+        elapsed = self._elapsed()
         loop_p99 = k8s_throttled = None
         if self.timeline is not None and self.timeline.loop:
             loop_p99 = self.timeline.loop[-1].p99
@@ -361,10 +361,7 @@ class Simulation:
             after = await self.scrape()
             if self.timeline is not None:
                 self._sample(self.timeline)
-                if self._last_reading is not None and after is not None:
-                    self.timeline.loop.append(
-                        loop_between(self._elapsed(), self._last_reading, after)
-                    )
+                self._add_reading(self.timeline, after)
             load: HubLoad | None = None
             if before is not None and after is not None:
                 load = hub_load(before, after)
@@ -391,7 +388,8 @@ class Simulation:
             await asyncio.sleep(0.5)
 
     def _elapsed(self) -> float:
-        return time.monotonic() - self._started_at
+        """Seconds since the first arrival (0 before the run has begun)."""
+        return time.monotonic() - self._started_at if self._started_at else 0.0
 
     def _sample(self, timeline: Timeline) -> None:
         timeline.users.append(users_at(
@@ -408,14 +406,16 @@ class Simulation:
             self._sample(timeline)
             if self._elapsed() >= next_scrape:
                 next_scrape += SCRAPE_EVERY
-                reading = await self.scrape()
-                if reading is not None:
-                    if self._last_reading is not None:
-                        timeline.loop.append(
-                            loop_between(self._elapsed(), self._last_reading, reading)
-                        )
-                    self._last_reading = reading
+                self._add_reading(timeline, await self.scrape())
             await asyncio.sleep(SAMPLE_EVERY)
+
+    def _add_reading(self, timeline: Timeline, reading: HubScrape | None) -> None:
+        """The hub's event loop since the previous reading; None (unreadable) leaves a gap."""
+        if reading is None:
+            return
+        if self._last_reading is not None:
+            timeline.loop.append(loop_between(self._elapsed(), self._last_reading, reading))
+        self._last_reading = reading
 
     async def _create_users(self, client: HubClient, names: list[str]) -> None:
         for start in range(0, len(names), 200):
