@@ -98,16 +98,14 @@ async def test_the_governor_raises_the_limit_the_hub_enforces_and_tells_the_real
         assert start["hub_resilience_admission_limit_floor"] == 2
         assert start["hub_resilience_admission_limit_ceiling"] == 6
 
-        # Two spawns fill the configured limit; a third is refused by the hub itself. Sent
-        # together: one after the other, a slow machine could let the governor raise the
-        # limit (it binds at once) before the third arrives.
-        codes = [r.code for r in await asyncio.gather(
-            *(post_spawn(hub, n, 6) for n in names[:3])
-        )]
-        assert sorted(codes) == [202, 202, 429], codes
+        # Two spawns fill the configured limit (that the hub refuses a third at a limit it
+        # was configured with is the switched-off test's; here the governor may raise it
+        # between two requests, so the refusal at the governor's own limit is checked at the
+        # ceiling below, where it cannot rise further).
+        assert [(await post_spawn(hub, n, 6)).code for n in names[:2]] == [202, 202]
         # All is calm and the limit binds: the governor raises it, 2 at a time, to the
-        # ceiling, and the hub admits what it refused.
-        waiting = [names[codes.index(429)], *names[3:6]]
+        # ceiling, and the hub admits spawns it would have refused at 2.
+        waiting = names[2:6]
         deadline = time.monotonic() + 30
         while waiting:
             assert time.monotonic() < deadline, (await gauges(hub), governor_lines(hub))
