@@ -17,11 +17,22 @@ import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from benchmarks import activity_load, admission, culling, route_check, spawn_burst, stopped_storm
+from benchmarks import (
+    activity_load,
+    admission,
+    culling,
+    k8s_event,
+    route_check,
+    spawn_burst,
+    stopped_storm,
+)
 from benchmarks.common import Row, log, markdown_table
+from hub_resilience.tools.chart import ChartUnavailable, add_chart_argument, check_chart_path
 
 Run = Callable[[], Awaitable[list[Row]]]
+ChartedRun = Callable[[Path | None], Awaitable[list[Row]]]
 
 #: name -> (full-size run, a quick smoke-sized run)
 BENCHMARKS: dict[str, tuple[Run, Run]] = {
@@ -34,6 +45,10 @@ BENCHMARKS: dict[str, tuple[Run, Run]] = {
     "spawn-burst": (spawn_burst.run, lambda: spawn_burst.run(users=60, spawn_limit=5)),
     "admission": (admission.run, admission.quick),
     "route-check": (route_check.run, lambda: route_check.run(sizes=(100,), repeats=3)),
+}
+#: Benchmarks that draw their runs with --chart: name -> (full-size run, quick run).
+CHARTED: dict[str, tuple[ChartedRun, ChartedRun]] = {
+    "k8s-event": (lambda chart: k8s_event.run(chart=chart), k8s_event.quick),
 }
 
 
@@ -51,22 +66,34 @@ def versions() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--only", action="append", choices=list(BENCHMARKS),
+    parser.add_argument("--only", action="append", choices=[*BENCHMARKS, *CHARTED],
                         help="run only this benchmark (repeatable)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, for checking that the benchmarks work (the figures "
                         "mean little)")
+    add_chart_argument(parser)
     args = parser.parse_args(argv)
+    if args.chart is not None:
+        try:
+            check_chart_path(args.chart)
+        except ChartUnavailable as e:
+            parser.error(str(e))
     logging.basicConfig(level=logging.WARNING,
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [*BENCHMARKS, *CHARTED]
+    if args.chart is not None and not set(names) & set(CHARTED):
+        parser.error(f"--chart draws only {', '.join(CHARTED)}, which this run leaves out")
     started = time.monotonic()
     rows: list[Row] = []
     timings = []
     for name in names:
-        full, quick = BENCHMARKS[name]
         begun = time.monotonic()
-        rows += asyncio.run((quick if args.quick else full)())
+        if name in CHARTED:
+            charted_full, charted_quick = CHARTED[name]
+            rows += asyncio.run((charted_quick if args.quick else charted_full)(args.chart))
+        else:
+            full, quick = BENCHMARKS[name]
+            rows += asyncio.run((quick if args.quick else full)())
         timings.append(f"{name} {time.monotonic() - begun:.0f} s")
         log(f"{name} done in {time.monotonic() - begun:.0f} s")
     total = time.monotonic() - started

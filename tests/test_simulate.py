@@ -70,6 +70,7 @@ def test_metrics_url_sits_beside_the_rest_api() -> None:
         ({"hold": -1.0}, "--hold"),
         ({"activity_interval": float("nan")}, "--activity-interval"),
         ({"tab_requests": -1}, "--tab-requests"),
+        ({"working_tab_interval": -0.5}, "--working-tab-interval"),
         ({"user_prefix": "a/b"}, "--user-prefix"),
     ],
 )
@@ -189,6 +190,38 @@ async def test_command_line_json_report_with_activity_and_tabs(
     assert f"chart: {tmp_path / 'run.png'}".encode() in stderr
     assert (tmp_path / "run.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert await user_names(throttled_hub, "cli-") == []
+
+
+@pytest.mark.hub
+async def test_users_hold_their_servers_until_released_with_their_tab_polling(
+    throttled_hub: RunningHub,
+) -> None:
+    """A benchmark's steady state: every user keeps the server, posting activity, with a tab
+    polling it through the proxy (the server answers, the hub sees none of it), until the
+    run is released."""
+    release = asyncio.Event()
+    plan = SimulationPlan(users=3, user_prefix="held-", activity_interval=0.5,
+                          working_tab_interval=0.2)
+    simulation = Simulation(throttled_hub.url, throttled_hub.token, plan,
+                            api_url=throttled_hub.api_url, release=release)
+    running = asyncio.ensure_future(simulation.run())
+    for _ in range(600):
+        if simulation.progress().ready == 3:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)
+    assert not running.done()
+    assert simulation.progress().working == 3
+    release.set()
+    report = await asyncio.wait_for(running, 120)
+    assert report.ready == 3
+    assert set(report.working_tab_requests) == {"200"}
+    assert report.working_tab_requests["200"] >= 3 * 4
+    assert report.hub is not None
+    assert "UserUrlHandler" not in report.hub.by_handler
+    assert report.activity_posts >= 3
+    assert report.hub.by_handler["ActivityAPIHandler"] == report.activity_posts
+    assert await user_names(throttled_hub, "held-") == []
 
 
 @pytest.mark.hub

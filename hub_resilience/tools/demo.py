@@ -3,21 +3,25 @@
 The README's main command, so that anyone can see what the package does on their own machine
 with nothing to set up: a real local hub switched on with :func:`hub_resilience.configure`,
 simulated servers, a workshop of students arriving at once, a report, then everything
-removed (``--kubernetes``: on a local control plane). See docs/benchmarks.md.
+removed. ``--kubernetes`` runs the k8s-event benchmark's event at the demo's size on the
+local control plane, stock z2jh against hub-resilience, and prints the benchmark's table
+(``--kubeconfig``: the workshop, hub-resilience only, on a cluster of yours). See
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +38,7 @@ from hub_resilience.tools.chart import (
 from hub_resilience.tools.loadreport import LoadReport
 from hub_resilience.tools.localhub import LocalHub, local_hub, unused_port
 from hub_resilience.tools.simulate import (
+    Progress,
     Simulation,
     SimulationPlan,
     add_plan_arguments,
@@ -60,7 +65,12 @@ KUBERNETES_IMAGE = "quay.io/jupyter/base-notebook:latest"
 KUBERNETES_CPU = 0.1
 KUBERNETES_MEMORY = "128M"
 
+#: Seconds of the event's steady window (everyone running) at the demo's size.
+EVENT_STEADY_SECONDS = 30.0
+
 EXIT_SET_UP_FAILED = 2
+#: The event ran, but hub-resilience missed one of its goals (the table says which).
+EXIT_GOAL_MISSED = 1
 
 
 @dataclass(frozen=True)
@@ -251,17 +261,61 @@ async def run_demo(
     return exit_status(report)
 
 
+# -- the event on the local Kubernetes control plane -----------------------------------------
+
+
+def _run_progress(name: str) -> Callable[[Progress], None]:
+    print(f"{name}:", file=sys.stderr, flush=True)
+    return progress_printer(sys.stderr)
+
+
+async def run_event(plan: SimulationPlan, *, chart: Path | None, as_json: bool, out: TextIO
+                    ) -> int:
+    """The k8s-event benchmark's event with the plan's students and arrival, on a local
+    control plane sized for them: stock z2jh 4.4 first, then hub-resilience; the
+    benchmark's table."""
+    k8s_event = _repository_module("benchmarks.k8s_event")
+    common = _repository_module("benchmarks.common")
+    if k8s_event is None or common is None:
+        raise RuntimeError(
+            "--kubernetes needs the repository checkout (tests/k8s, benchmarks/): run it "
+            "from a clone after ./scripts/test, or give --kubeconfig of a cluster you started"
+        )
+    info = sys.stderr if as_json else out
+    nodes = k8s_event.nodes_for(plan.users)
+    event = k8s_event.Event(f"{plan.users} students, {plan.describe_arrival()}", plan.users,
+                            plan.arrival, plan.ramp_seconds, plan.rate)
+    print(f"The k8s-event benchmark's event at the demo's size: {event.title}, on a local "
+          f"Kubernetes control plane of {nodes} fake nodes; stock z2jh 4.4, then "
+          "hub-resilience (docs/benchmarks.md, \"An event on Kubernetes\")...",
+          file=info, flush=True)
+    rows = await k8s_event.run((event,), steady=EVENT_STEADY_SECONDS, nodes=nodes,
+                               chart=chart, progress=_run_progress)
+    if as_json:
+        json.dump([asdict(row) for row in rows], out, indent=2)
+        out.write("\n")
+    else:
+        print(common.markdown_table(rows), file=out)
+    if chart is not None:
+        print(f"  chart                {chart}", file=info, flush=True)
+    missed = k8s_event.missed_goals(rows)
+    for row in missed:
+        print(f"hub-resilience missed: {row.measure}", file=sys.stderr)
+    return EXIT_GOAL_MISSED if missed else 0
+
+
 # -- the Kubernetes cluster -----------------------------------------------------------------
 
 
-def _repository_harness() -> Any:
-    """``tests.k8s.cluster`` from the repository checkout this package runs from, if any."""
-    root = Path(__file__).resolve().parent.parent
+def _repository_module(name: str) -> Any:
+    """Module ``name`` (``tests.k8s.cluster``, ``benchmarks.k8s_event``) from the repository
+    checkout this package runs from, if any."""
+    root = Path(__file__).resolve().parents[2]
     if not (root / "tests" / "k8s" / "cluster.py").is_file():
         return None
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return importlib.import_module("tests.k8s.cluster")
+    return importlib.import_module(name)
 
 
 @contextmanager
@@ -273,7 +327,7 @@ def kubernetes_target(args: argparse.Namespace, work_dir: Path) -> Iterator[Kube
             raise RuntimeError(f"--kubeconfig {path} is not a file")
         yield KubernetesTarget(path.resolve(), args.namespace)
         return
-    harness = _repository_harness()
+    harness = _repository_module("tests.k8s.cluster")
     if harness is None:
         raise RuntimeError(
             "--kubernetes needs the local cluster harness of a repository checkout "
@@ -313,6 +367,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (ValueError, ChartUnavailable) as e:
         print(f"hub-resilience demo: {e}", file=sys.stderr)
         return EXIT_SET_UP_FAILED
+    if args.kubernetes and args.kubeconfig is None:
+        try:
+            return asyncio.run(_main(run_event(plan, chart=args.chart, as_json=args.json,
+                                               out=sys.stdout)))
+        except (RuntimeError, HubAPIError, OSError) as e:
+            print(f"hub-resilience demo: {e}", file=sys.stderr)
+            return EXIT_SET_UP_FAILED
+        except KeyboardInterrupt:
+            print("\nhub-resilience demo: interrupted; everything was stopped", file=sys.stderr)
+            return 130
     own_dir = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="hub-resilience-demo-")) if own_dir else Path(
         args.work_dir
@@ -320,8 +384,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         with _kubernetes_or_none(args, work_dir) as target:
-            return asyncio.run(_main(
+            return asyncio.run(_main(run_demo(
                 plan,
+                out=sys.stdout,
                 spawn_limit=args.spawn_limit,
                 start_delay=args.start_delay,
                 kubernetes=target,
@@ -330,7 +395,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 keep_running=args.keep_running,
                 as_json=args.json,
                 chart=args.chart,
-            ))
+            )))
     except (RuntimeError, HubAPIError, OSError) as e:
         print(f"hub-resilience demo: {e}", file=sys.stderr)
         return EXIT_SET_UP_FAILED
@@ -353,9 +418,10 @@ def _kubernetes_or_none(
         yield target
 
 
-async def _main(plan: SimulationPlan, **kwargs: Any) -> int:
-    """run_demo, with SIGTERM treated like Ctrl-C so everything is stopped either way."""
-    task = asyncio.ensure_future(run_demo(plan, out=sys.stdout, **kwargs))
+async def _main(work: Awaitable[int]) -> int:
+    """``work`` (the demo), with SIGTERM treated like Ctrl-C so everything is stopped either
+    way."""
+    task = asyncio.ensure_future(work)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
@@ -394,9 +460,11 @@ def register(subparsers: Any) -> None:
                      "until Ctrl-C")
     k8s = parser.add_argument_group("Kubernetes")
     k8s.add_argument("--kubernetes", action="store_true",
-                     help="spawn real pods with ResilientKubeSpawner on the local Kubernetes "
-                     "cluster of tests/k8s (started and stopped here), or on --kubeconfig's; "
-                     f"default users {DEFAULT_KUBERNETES_USERS}")
+                     help="run the k8s-event benchmark's event with --users students "
+                     f"(default {DEFAULT_KUBERNETES_USERS}) and --arrival on a local "
+                     "Kubernetes control plane (tests/k8s, started and stopped here): stock "
+                     "z2jh 4.4, then hub-resilience, and print the benchmark's table; with "
+                     "--kubeconfig, the workshop with ResilientKubeSpawner on that cluster")
     k8s.add_argument("--kubeconfig", default=None,
                      help="with --kubernetes: a running cluster's kubeconfig (e.g. from "
                      "`python -m tests.k8s.cluster up`) instead of starting one")

@@ -318,6 +318,8 @@ class LoadReport:
     activity_posts: int = 0
     activity_failures: int = 0
     tab_requests: dict[str, int] = field(default_factory=dict)  # final HTTP status -> count
+    #: The open tab's polls of the running server while the user works: status -> count.
+    working_tab_requests: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -342,6 +344,7 @@ def build_report(
     activity_posts: int = 0,
     activity_failures: int = 0,
     tab_requests: Mapping[str, int] | None = None,
+    working_tab_requests: Mapping[str, int] | None = None,
     finished_at: float | None = None,
 ) -> LoadReport:
     """Summarise per-user outcomes; ``finished_at`` (seconds after the start) ends the run
@@ -370,6 +373,7 @@ def build_report(
         activity_posts=activity_posts,
         activity_failures=activity_failures,
         tab_requests=dict(sorted((tab_requests or {}).items())),
+        working_tab_requests=dict(sorted((working_tab_requests or {}).items())),
     )
 
 
@@ -416,10 +420,11 @@ def format_report(report: LoadReport) -> str:
             f"  activity posts       {report.activity_posts} "
             f"({report.activity_failures} failed)"
         )
-    if report.tab_requests:
-        tabs = ", ".join(f"{status}: {count}" for status, count in report.tab_requests.items())
-        total = sum(report.tab_requests.values())
-        lines.append(f"  tab requests         {total} after the stop ({tabs})")
+    for counts, when in ((report.working_tab_requests, "while working"),
+                         (report.tab_requests, "after the stop")):
+        if counts:
+            tabs = ", ".join(f"{status}: {count}" for status, count in counts.items())
+            lines.append(f"  tab requests         {sum(counts.values())} {when} ({tabs})")
     return "\n".join(lines)
 
 

@@ -211,6 +211,7 @@ class LocalHub:
     start_timeout: float = 90.0
     env: Mapping[str, str] | None = None  # extra environment for the hub process
     base_config: str = ""
+    python: str = sys.executable  # the interpreter (and so the packages) the hub runs on
     _hub: asyncio.subprocess.Process | None = field(default=None, repr=False)
     _proxy: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
@@ -263,7 +264,7 @@ class LocalHub:
         env = dict(os.environ, **(self.env or {}))
         try:
             self._hub = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "jupyterhub", "-f", str(self.config_path),
+                self.python, "-m", "jupyterhub", "-f", str(self.config_path),
                 cwd=self.config_dir, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 preexec_fn=_terminate_with_parent,
@@ -349,12 +350,14 @@ async def local_hub(
     service_name: str = "hub-resilience-admin",
     env: Mapping[str, str] | None = None,
     hub_class: type[HubT] = LocalHub,  # type: ignore[assignment]
+    python: str | None = None,
 ) -> AsyncIterator[HubT]:
     """Run a JupyterHub with ``config`` (Python source) appended to the base config.
 
     ``directory`` keeps the config, database and logs (a fresh temporary directory, removed
-    afterwards, when None). ``env`` is added to the hub process's environment. Everything
-    is stopped on exit, even when the body raised.
+    afterwards, when None). ``env`` is added to the hub process's environment; ``python``
+    runs the hub (this process's interpreter when None). Everything is stopped on exit,
+    even when the body raised.
     """
     own_dir = directory is None
     config_dir = (
@@ -387,6 +390,7 @@ async def local_hub(
         start_timeout=start_timeout,
         env=env,
         base_config=base,
+        python=python or sys.executable,
     )
     hub.write_config(config)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -93,6 +94,7 @@ class SimulationPlan:
     stop: bool = False  # stop the server after the hold
     tab_requests: int = 0  # browser-tab requests to the stopped server
     tab_interval: float = 1.0
+    working_tab_interval: float = 0.0  # while holding, the open tab polls the server (0: no)
     user_prefix: str = "sim-"
     cleanup: bool = True
     request_timeout: float = 60.0
@@ -107,7 +109,8 @@ class SimulationPlan:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag} must be a number of seconds > 0, not {value!r}")
         for flag, value in {"--hold": self.hold,
-                            "--activity-interval": self.activity_interval}.items():
+                            "--activity-interval": self.activity_interval,
+                            "--working-tab-interval": self.working_tab_interval}.items():
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{flag} must be a number of seconds >= 0, not {value!r}")
         if self.tab_requests < 0:
@@ -246,6 +249,7 @@ class Simulation:
         api_url: str | None = None,
         logger: logging.Logger | None = None,
         timeline: str | None = None,
+        release: asyncio.Event | None = None,
     ) -> None:
         if not url:
             raise ValueError("--url (the hub's public URL) is empty")
@@ -257,6 +261,9 @@ class Simulation:
         self.token = token
         self.plan = plan
         self.log = logger or log
+        #: When given, ready users keep their servers until it is set instead of for
+        #: ``plan.hold`` (a benchmark's steady state with everyone running).
+        self._release = release
         # The users' clients log every 429 they wait out; that is the report's job here, so
         # their logger only lets errors through unless someone configured it.
         self._quiet = logging.getLogger(f"{__name__}.users")
@@ -271,6 +278,7 @@ class Simulation:
         self._activity_posts = 0
         self._activity_failures = 0
         self._tab_status: dict[str, int] = {}
+        self._working_tab_status: dict[str, int] = {}
         self._created: list[str] = []
         self._started_at = 0.0
         self._last_outcome_at = 0.0
@@ -376,6 +384,7 @@ class Simulation:
                 activity_posts=self._activity_posts,
                 activity_failures=self._activity_failures,
                 tab_requests=self._tab_status,
+                working_tab_requests=self._working_tab_status,
                 finished_at=self._last_outcome_at - self._started_at,
             )
             if plan.cleanup:
@@ -474,16 +483,29 @@ class Simulation:
         return outcome
 
     async def _hold(self, client: HubClient, name: str) -> None:
-        """Keep the server for ``hold`` seconds, posting activity as a server would."""
+        """Keep the server until the user is done (``hold`` seconds, or until ``release``
+        is set), posting activity as a server would, with the user's tab polling it."""
         plan = self.plan
-        until = time.monotonic() + plan.hold
-        if not plan.activity_interval:
-            await asyncio.sleep(plan.hold)
-            return
+        background = []
+        if plan.activity_interval:
+            background.append(asyncio.ensure_future(self._post_activity(client, name)))
+        if plan.working_tab_interval:
+            background.append(asyncio.ensure_future(self._working_tab(name)))
+        try:
+            if self._release is None:
+                await asyncio.sleep(plan.hold)
+            else:
+                await self._release.wait()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def _post_activity(self, client: HubClient, name: str) -> None:
+        """Post the server's activity every ``activity_interval`` (until cancelled)."""
         # Servers started together do not report in step: the first report is spread out.
-        delay = random.uniform(0, plan.activity_interval)
-        while time.monotonic() + delay < until:
-            await asyncio.sleep(delay)
+        await asyncio.sleep(random.uniform(0, self.plan.activity_interval))
+        while True:
             now = datetime.now(timezone.utc)
             try:
                 await client.post_activity(name, last_activity=now, servers={"": now})
@@ -492,8 +514,7 @@ class Simulation:
                 self.log.info("Activity of %s not recorded: %s", name, e)
             else:
                 self._activity_posts += 1
-            delay = plan.activity_interval
-        await asyncio.sleep(max(0.0, until - time.monotonic()))
+            await asyncio.sleep(self.plan.activity_interval)
 
     async def _stop(self, client: HubClient, name: str) -> None:
         try:
@@ -510,22 +531,37 @@ class Simulation:
         http = AsyncHTTPClient(force_instance=True)
         try:
             for i in range(self.plan.tab_requests):
-                path = TAB_PATHS[i % len(TAB_PATHS)]
-                request = HTTPRequest(
-                    f"{self.url}/user/{quote(name, safe='')}/{path}",
-                    headers={
-                        "Authorization": f"token {self.token}",
-                        "Accept": "application/json",
-                    },
-                    follow_redirects=True,
-                    max_redirects=5,
-                    request_timeout=self.plan.request_timeout,
-                )
-                status = await fetch_status(http, request)
-                self._tab_status[status] = self._tab_status.get(status, 0) + 1
+                await self._tab_request(http, name, i, self._tab_status)
                 await asyncio.sleep(self.plan.tab_interval)
         finally:
             http.close()
+
+    async def _working_tab(self, name: str) -> None:
+        """The tab polls the running server through the proxy while the user works (until
+        cancelled), first at a random point of the interval: tabs do not poll in step."""
+        interval = self.plan.working_tab_interval
+        http = AsyncHTTPClient(force_instance=True)
+        try:
+            await asyncio.sleep(random.uniform(0, interval))
+            for i in itertools.count():
+                await self._tab_request(http, name, i, self._working_tab_status)
+                await asyncio.sleep(interval)
+        finally:
+            http.close()
+
+    async def _tab_request(
+        self, http: AsyncHTTPClient, name: str, i: int, into: dict[str, int]
+    ) -> None:
+        """The tab's ``i``-th poll (cycling through TAB_PATHS); its final status counted."""
+        request = HTTPRequest(
+            f"{self.url}/user/{quote(name, safe='')}/{TAB_PATHS[i % len(TAB_PATHS)]}",
+            headers={"Authorization": f"token {self.token}", "Accept": "application/json"},
+            follow_redirects=True,
+            max_redirects=5,
+            request_timeout=self.plan.request_timeout,
+        )
+        status = await fetch_status(http, request)
+        into[status] = into.get(status, 0) + 1
 
     async def clean_up(self, client: HubClient, names: list[str]) -> None:
         """Stop the simulated users' servers and delete the users this run created."""
@@ -583,6 +619,10 @@ def add_plan_arguments(
                        f"default {d.tab_requests})")
     group.add_argument("--tab-interval", type=float, default=d.tab_interval,
                        help=f"seconds between those requests (default {d.tab_interval:g})")
+    group.add_argument("--working-tab-interval", type=float, default=d.working_tab_interval,
+                       help="while holding, the user's tab polls the running server through "
+                       "the proxy (kernels, sessions, terminals, contents) every this many "
+                       f"seconds (default {d.working_tab_interval:g}; 0: no tab)")
 
 
 def plan_from_args(args: argparse.Namespace, **overrides: Any) -> SimulationPlan:
@@ -600,6 +640,7 @@ def plan_from_args(args: argparse.Namespace, **overrides: Any) -> SimulationPlan
         "stop": args.stop,
         "tab_requests": args.tab_requests,
         "tab_interval": args.tab_interval,
+        "working_tab_interval": args.working_tab_interval,
         "user_prefix": getattr(args, "user_prefix", SimulationPlan.user_prefix),
         "cleanup": not getattr(args, "keep", False),
     }

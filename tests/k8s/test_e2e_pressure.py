@@ -96,15 +96,18 @@ SHORT_START_PROFILES = [
 ]
 
 
+#: What the local cluster cannot run: no user-scheduler, no image pre-puller; small pods.
+HARNESS_VALUES: Mapping[str, Any] = {
+    "scheduling": {"userScheduler": {"enabled": False}},
+    "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
+    "singleuser": dict(SMALL),
+}
+
+
 def z2jh_values(**overlay: Any) -> dict[str, Any]:
     """The chart's defaults, the package's shipped values, and what this harness needs."""
     shipped = yaml.safe_load((ROOT / "helm-values" / "hub-resilience.yaml").read_text())
-    harness = {
-        "scheduling": {"userScheduler": {"enabled": False}},
-        "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
-        "singleuser": dict(SMALL),
-    }
-    return released_values(shipped, harness, overlay)
+    return released_values(shipped, HARNESS_VALUES, overlay)
 
 
 def ensure_chart_priority_class(cluster: LocalCluster, values: Mapping[str, Any]) -> None:
@@ -134,10 +137,13 @@ async def z2jh_hub(
     endpoint: ApiEndpoint,
     namespace: str,
     values: Mapping[str, Any],
+    extra_config: str = "",
+    python: str | None = None,
 ) -> AsyncIterator[RunningHub]:
     """A hub running z2jh 4.4.0's configuration of ``values`` against ``endpoint``, with the
     chart's cluster objects it needs (here: its PriorityClass; the user placeholders the
-    chart would also deploy are not, so nothing competes with the test's users)."""
+    chart would also deploy are not, so nothing competes with the test's users);
+    ``extra_config`` (Python) runs after the chart's; ``python`` runs the hub."""
     own_port = {"hub": {"config": {"HubResilience": {"service_port": unused_port()}}}}
     values = released_values(values, own_port)
     ensure_chart_priority_class(cluster, values)
@@ -145,7 +151,8 @@ async def z2jh_hub(
     env = {**SERVICE_ENV, "POD_NAMESPACE": namespace, "KUBECONFIG": str(endpoint.kubeconfig)}
     try:
         async with running_hub(
-            exec_source(config_path, "tests"), env=env, start_timeout=120
+            exec_source(config_path, "tests") + extra_config, env=env, start_timeout=120,
+            python=python,
         ) as hub:
             try:
                 yield hub

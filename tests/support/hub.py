@@ -86,12 +86,14 @@ async def running_hub(
     directory: Path | None = None,
     start_timeout: float = 90.0,
     env: Mapping[str, str] | None = None,
+    python: str | None = None,
 ) -> AsyncIterator[RunningHub]:
     """Run a JupyterHub with ``config`` (Python source) appended to the base config.
 
     ``directory`` keeps the config, database and logs (a fresh temporary directory, removed
-    afterwards, when None); ``env`` is added to the hub's environment. Everything is stopped
-    on exit, even when the body raised.
+    afterwards, when None); ``env`` is added to the hub's environment; ``python`` runs the
+    hub (this interpreter when None). Everything is stopped on exit, even when the body
+    raised.
     """
     async with local_hub(
         config,
@@ -100,6 +102,7 @@ async def running_hub(
         env=env,
         service_name=SERVICE_NAME,
         hub_class=RunningHub,
+        python=python,
     ) as hub:
         yield hub
 

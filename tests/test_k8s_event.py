@@ -1,0 +1,146 @@
+"""The k8s-event benchmark's own logic, without a cluster: the two hubs' values (through
+z2jh 4.4.0's real configuration), the stock culler's command, and the table."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from kubernetes.client import V1Container, V1EnvVar, V1ObjectMeta, V1Pod, V1PodSpec
+
+from benchmarks.admission import Outcome
+from benchmarks.k8s_event import (
+    CULL_EVERY,
+    OURS,
+    STOCK,
+    STOCK_CULLER_CONFIG,
+    Event,
+    Result,
+    handler_kinds,
+    missed_goals,
+    pod_activity_interval,
+    rows,
+)
+from hub_resilience.hub.activity import tune_activity
+from hub_resilience.tools.loadreport import Arrival, HubLoad, LoadReport
+from tests.z2jh_hub import load_config
+
+EVENT = Event("3,000 users over 15 minutes", 3000, Arrival.RAMP, 900.0)
+
+
+def test_stock_is_z2jh_with_its_idle_culler_and_ours_adds_the_shipped_values(
+    tmp_path: Path,
+) -> None:
+    stock = load_config(tmp_path / "stock", STOCK.values(EVENT))
+    [culler] = [s for s in stock.JupyterHub.services if s["name"] == "jupyterhub-idle-culler"]
+    assert f"--cull-every={CULL_EVERY}" in culler["command"]
+    assert "--timeout=3600" in culler["command"]
+    assert "HubResilience" not in stock
+    assert stock.KubeSpawner.cpu_limit == stock.KubeSpawner.cpu_guarantee == 0.1
+    assert "pod-ready.stage.kwok.x-k8s.io/delay" in stock.KubeSpawner.extra_annotations
+
+    ours = load_config(tmp_path / "ours", OURS.values(EVENT))
+    assert ours.HubResilience.expected_concurrent_servers == EVENT.users
+    assert ours.Culler.cull_every == CULL_EVERY
+    assert not [s for s in ours.JupyterHub.services if s["name"] == "jupyterhub-idle-culler"]
+    assert ours.KubeSpawner.extra_annotations == stock.KubeSpawner.extra_annotations
+
+
+def test_the_simulated_servers_report_activity_as_each_hubs_pods_would() -> None:
+    assert STOCK.activity_interval(STOCK.values(EVENT)) == 300
+    values = OURS.values(EVENT)
+    budget = values["hub"]["config"]["HubResilience"]["activity_requests_per_second"]
+    expected = tune_activity(EVENT.users, budget).singleuser_interval
+    assert OURS.activity_interval(values) == expected > 300
+
+
+def test_the_stock_culler_reaches_the_local_hub_on_the_hubs_python(tmp_path: Path) -> None:
+    c = load_config(tmp_path, STOCK.values(EVENT))
+    c.JupyterHub.hub_port = 18081
+    exec(STOCK_CULLER_CONFIG, {"c": c})
+    [culler] = [s for s in c.JupyterHub.services if s["name"] == "jupyterhub-idle-culler"]
+    command = culler["command"]
+    assert command[:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
+    assert "--url=http://127.0.0.1:18081/hub/api" in command
+    assert not [a for a in command if "8081/" in a and "18081" not in a]
+
+
+def pod(env: list[V1EnvVar] | None) -> V1Pod:
+    return V1Pod(metadata=V1ObjectMeta(name="jupyter-u-0001"), spec=V1PodSpec(containers=[
+        V1Container(name="notebook", env=env),
+    ]))
+
+
+def test_the_activity_interval_is_read_from_the_pods_environment() -> None:
+    assert pod_activity_interval(
+        [pod([V1EnvVar(name="JUPYTERHUB_ACTIVITY_INTERVAL", value="600")])]
+    ) == 600
+    assert pod_activity_interval([pod(None)]) == 300  # JupyterHub's default
+    assert pod_activity_interval([]) is None
+
+
+def result(*, failed: int = 0, loop: float = 0.05, errors: int = 0, guaranteed: float = 1.0,
+           by_handler: dict[str, int] | None = None) -> Result:
+    by_handler = by_handler or {"UserServerAPIHandler": 900, "MetricsHandler": 5}
+    load = HubLoad(requests=sum(by_handler.values()), refused=10, by_handler=by_handler,
+                   spawn_failures=failed, loop_interval_p99=loop)
+    report = LoadReport(
+        target="http://hub", users=10, arrival="ramp", client="backoff", duration=60.0,
+        ready=10 - failed, failures={"timeout": failed} if failed else {},
+        time_to_ready=None, throttled_absorbed=0, spawn_attempts=10, hub=load,
+    )
+    ready_after = tuple([5.0] * (10 - failed) + [math.inf] * failed)
+    return Result(
+        outcome=Outcome(report, 12.0, [], ready_after), arrival=load, loop_max=0.25,
+        peak_rss=300.0,
+        errors=errors, guaranteed=guaranteed, api_429s=0, activity_interval=300,
+        steady=HubLoad(requests=120, refused=0), steady_cpu=3.0, steady_seconds=30.0,
+        stopping_seconds=20.0, after_stop=HubLoad(requests=40, refused=0),
+        after_stop_cpu=1.0,
+    )
+
+
+def measures(table: list) -> dict[str, tuple[float, float]]:
+    return {row.measure: (row.baseline, row.ours) for row in table}
+
+
+def test_the_table_shows_each_goal_met_or_missed_for_ours() -> None:
+    stock = result(failed=2, loop=0.4, errors=3, guaranteed=0.0,
+                   by_handler={"UserServerAPIHandler": 1500, "UserUrlHandler": 600})
+    met = measures(rows(EVENT, stock, result()))
+    assert met["users without a server (goal 0: met)"] == (2, 0)
+    assert met["  of which timeout"] == (2, 0)
+    assert met["hub event-loop interval p99 (ms) (goal < 100: met)"] == (400.0, 50.0)
+    assert met["ERROR lines in the hub's log (goal 0: met)"] == (3, 0)
+    assert met["user pods with Guaranteed QoS (share) (goal 1: met)"] == (0.0, 1.0)
+    assert met["time until ready, max of all users (s)"] == (math.inf, 5.0)
+    steady = "steady state, 8+ servers running"
+    assert met[f"{steady}: hub requests per minute"] == (240.0, 240.0)
+    assert met[f"{steady}: hub CPU seconds per minute"] == (6.0, 6.0)
+    assert met["  of which UserUrlHandler"] == (600, 0)
+
+    missed = measures(rows(EVENT, stock, result(failed=1, loop=0.2, errors=1,
+                                                guaranteed=0.5)))
+    assert "users without a server (goal 0: MISSED)" in missed
+    assert "failed spawns (the hub's count) (goal 0: MISSED)" in missed
+    assert "hub event-loop interval p99 (ms) (goal < 100: MISSED)" in missed
+    assert "ERROR lines in the hub's log (goal 0: MISSED)" in missed
+    assert "user pods with Guaranteed QoS (share) (goal 1: MISSED)" in missed
+    assert missed_goals(rows(EVENT, stock, result())) == []
+    assert {row.measure for row in missed_goals(rows(EVENT, stock, result(errors=1)))} == {
+        "ERROR lines in the hub's log (goal 0: MISSED)"
+    }
+
+
+@pytest.mark.parametrize("share", [0.01, 0.5])
+def test_handler_rows_are_those_with_a_share_of_either_hubs_requests(share: float) -> None:
+    busy = result(by_handler={"UserServerAPIHandler": 90, "ActivityAPIHandler": 9,
+                              "RootHandler": 1})
+    other = result(by_handler={"UserUrlHandler": 60, "UserServerAPIHandler": 40})
+    kinds = handler_kinds(busy, other, share=share)
+    if share == 0.01:
+        assert kinds == ["UserServerAPIHandler", "UserUrlHandler", "ActivityAPIHandler",
+                         "RootHandler"]
+    else:
+        assert kinds == ["UserServerAPIHandler", "UserUrlHandler"]
