@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Command: `{command.strip()}`; {time.strftime('%Y-%m-%d')}; "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {versions()}; "
           f"took {total / 60:.1f} min ({', '.join(timings)}).")
+    if "k8s-event" in names:
+        print(f"The k8s-event hubs ran on the released stack: {k8s_event.hub_stack()}.")
     return 0
 
 

@@ -84,6 +84,17 @@ def released_python() -> str:
     return str(python)
 
 
+def hub_stack() -> str:
+    """The versions the hubs run on (not this process's), for the table's footer."""
+    import subprocess
+
+    script = ("import platform; from importlib.metadata import version; print(', '.join("
+              "f'{p} {version(p)}' for p in ('jupyterhub', 'jupyterhub-kubespawner', "
+              "'jupyterhub-idle-culler')) + ', Python ' + platform.python_version())")
+    return subprocess.run([released_python(), "-c", script], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 @dataclass(frozen=True)
 class Event:
     """Who arrives, and how."""
