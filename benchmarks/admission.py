@@ -84,6 +84,7 @@ class Crowd:
     users: int
     arrival: Arrival
     ramp_seconds: float | None = None
+    rate: float | None = None  # users per second, for a steady arrival
 
 
 CROWDS = (
@@ -174,7 +175,7 @@ async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
     """Let ``crowd`` arrive at ``hub``, reading its metrics meanwhile; what it measured."""
     plan = SimulationPlan(
         users=crowd.users, arrival=crowd.arrival, ramp_seconds=crowd.ramp_seconds,
-        client="backoff", timeout=PATIENCE, user_prefix="u-", cleanup=False,
+        rate=crowd.rate, client="backoff", timeout=PATIENCE, user_prefix="u-", cleanup=False,
     )
     log(f"admission: {crowd.title}, {label}")
     cpu = hub_cpu_seconds(hub)

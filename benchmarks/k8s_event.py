@@ -23,7 +23,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from benchmarks.admission import Outcome
+from benchmarks.admission import Crowd, Outcome
 from benchmarks.common import Row, admin_client, gather_limited, hub_cpu_seconds, log, scrape
 from hub_resilience.hub.activity import DEFAULT_SINGLEUSER_INTERVAL, tune_activity
 from hub_resilience.hubclient import HubAPIError, StopResult
@@ -95,21 +95,10 @@ def hub_stack() -> str:
                           check=True).stdout.strip()
 
 
-@dataclass(frozen=True)
-class Event:
-    """Who arrives, and how."""
-
-    title: str
-    users: int
-    arrival: Arrival
-    ramp_seconds: float | None = None
-    rate: float | None = None  # users per second, for a steady arrival
-
-
 EVENTS = (
-    Event("1,000 users over 10 minutes", 1000, Arrival.RAMP, 600.0),
-    Event("3,000 users over 15 minutes", 3000, Arrival.RAMP, 900.0),
-    Event("300 users at once", 300, Arrival.BURST),
+    Crowd("1,000 users over 10 minutes", 1000, Arrival.RAMP, 600.0),
+    Crowd("3,000 users over 15 minutes", 3000, Arrival.RAMP, 900.0),
+    Crowd("300 users at once", 300, Arrival.BURST),
 )
 #: Seconds the steady state is measured with every user's server running.
 STEADY_SECONDS = 180.0
@@ -122,7 +111,7 @@ class Stack:
     name: str
     ours: bool
 
-    def values(self, event: Event) -> dict[str, Any]:
+    def values(self, event: Crowd) -> dict[str, Any]:
         """The z2jh values of this hub for ``event``."""
         from tests.k8s.test_e2e_pressure import HARNESS_VALUES, z2jh_values
         from tests.z2jh_hub import released_values
@@ -283,7 +272,7 @@ async def stop_as_culled(hub: Any, names: Sequence[str], url: str, token: str
 ProgressDisplay = Callable[[str], Callable[[Progress], None]]
 
 
-async def run_one(cluster: Any, work: Path, event: Event, stack: Stack, steady: float,
+async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: float,
                   progress: ProgressDisplay | None = None) -> Result:
     from tests.k8s.cluster import wait_until
     from tests.k8s.test_e2e_pressure import remove_user_pods_and_claims, z2jh_hub
@@ -378,7 +367,7 @@ def goal(measure: str, met: bool, target: str) -> str:
     return f"{measure} (goal {target}: {'met' if met else 'MISSED'})"
 
 
-def rows(event: Event, stock: Result, ours: Result) -> list[Row]:
+def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
     comparison = f"{event.title} on Kubernetes: {OURS.name} vs {STOCK.name}"
     nan = math.nan
 
@@ -479,7 +468,7 @@ def nodes_for(users: int) -> int:
     return min(NODES, max(2, math.ceil(users / 80)))
 
 
-async def run(events: Sequence[Event] = EVENTS, *, steady: float = STEADY_SECONDS,
+async def run(events: Sequence[Crowd] = EVENTS, *, steady: float = STEADY_SECONDS,
               nodes: int = NODES, chart: Path | None = None,
               progress: ProgressDisplay | None = None) -> list[Row]:
     """Each event against stock, then ours, on one cluster; the table (and, with ``chart``,
@@ -514,7 +503,7 @@ async def run(events: Sequence[Event] = EVENTS, *, steady: float = STEADY_SECOND
 
 async def quick(chart: Path | None = None) -> list[Row]:
     """A smoke-sized run (the figures mean little)."""
-    return await run((Event("60 users over 1 minute", 60, Arrival.RAMP, 60.0),),
+    return await run((Crowd("60 users over 1 minute", 60, Arrival.RAMP, 60.0),),
                      steady=30.0, nodes=nodes_for(60), chart=chart)
 
 

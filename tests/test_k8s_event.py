@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 from kubernetes.client import V1Container, V1EnvVar, V1ObjectMeta, V1Pod, V1PodSpec
 
-from benchmarks.admission import Outcome
+from benchmarks.admission import Crowd, Outcome
 from benchmarks.k8s_event import (
     CULL_EVERY,
     OURS,
     STOCK,
     STOCK_CULLER_CONFIG,
-    Event,
     Result,
     handler_kinds,
     missed_goals,
@@ -26,7 +25,7 @@ from hub_resilience.hub.activity import tune_activity
 from hub_resilience.tools.loadreport import Arrival, HubLoad, LoadReport
 from tests.z2jh_hub import load_config
 
-EVENT = Event("3,000 users over 15 minutes", 3000, Arrival.RAMP, 900.0)
+EVENT = Crowd("3,000 users over 15 minutes", 3000, Arrival.RAMP, 900.0)
 
 
 def test_stock_is_z2jh_with_its_idle_culler_and_ours_adds_the_shipped_values(

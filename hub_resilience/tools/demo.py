@@ -283,7 +283,7 @@ async def run_event(plan: SimulationPlan, *, chart: Path | None, as_json: bool, 
         )
     info = sys.stderr if as_json else out
     nodes = k8s_event.nodes_for(plan.users)
-    event = k8s_event.Event(f"{plan.users} students, {plan.describe_arrival()}", plan.users,
+    event = k8s_event.Crowd(f"{plan.users} students, {plan.describe_arrival()}", plan.users,
                             plan.arrival, plan.ramp_seconds, plan.rate)
     print(f"The k8s-event benchmark's event at the demo's size: {event.title}, on a local "
           f"Kubernetes control plane of {nodes} fake nodes; stock z2jh 4.4, then "
@@ -368,15 +368,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"hub-resilience demo: {e}", file=sys.stderr)
         return EXIT_SET_UP_FAILED
     if args.kubernetes and args.kubeconfig is None:
-        try:
-            return asyncio.run(_main(run_event(plan, chart=args.chart, as_json=args.json,
-                                               out=sys.stdout)))
-        except (RuntimeError, HubAPIError, OSError) as e:
-            print(f"hub-resilience demo: {e}", file=sys.stderr)
-            return EXIT_SET_UP_FAILED
-        except KeyboardInterrupt:
-            print("\nhub-resilience demo: interrupted; everything was stopped", file=sys.stderr)
-            return 130
+        return _run(lambda: run_event(plan, chart=args.chart, as_json=args.json,
+                                      out=sys.stdout))
     own_dir = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="hub-resilience-demo-")) if own_dir else Path(
         args.work_dir
@@ -384,7 +377,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         with _kubernetes_or_none(args, work_dir) as target:
-            return asyncio.run(_main(run_demo(
+            return asyncio.run(_main(run_demo(  # within the cluster's lifetime
                 plan,
                 out=sys.stdout,
                 spawn_limit=args.spawn_limit,
@@ -396,15 +389,27 @@ def run_from_args(args: argparse.Namespace) -> int:
                 as_json=args.json,
                 chart=args.chart,
             )))
-    except (RuntimeError, HubAPIError, OSError) as e:
-        print(f"hub-resilience demo: {e}", file=sys.stderr)
-        return EXIT_SET_UP_FAILED
-    except KeyboardInterrupt:
-        print("\nhub-resilience demo: interrupted; everything was stopped", file=sys.stderr)
-        return 130
+    except (RuntimeError, HubAPIError, OSError, KeyboardInterrupt) as e:
+        return _failed(e)
     finally:
         if own_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run(work: Callable[[], Awaitable[int]]) -> int:
+    """``work()`` run to its exit status; a set-up failure or an interruption reported."""
+    try:
+        return asyncio.run(_main(work()))
+    except (RuntimeError, HubAPIError, OSError, KeyboardInterrupt) as e:
+        return _failed(e)
+
+
+def _failed(e: BaseException) -> int:
+    if isinstance(e, KeyboardInterrupt):
+        print("\nhub-resilience demo: interrupted; everything was stopped", file=sys.stderr)
+        return 130
+    print(f"hub-resilience demo: {e}", file=sys.stderr)
+    return EXIT_SET_UP_FAILED
 
 
 @contextmanager
