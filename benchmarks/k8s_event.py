@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient
 
 from benchmarks.admission import Crowd, Outcome
 from benchmarks.common import Row, admin_client, gather_limited, hub_cpu_seconds, log, scrape
@@ -30,11 +30,11 @@ from hub_resilience.hubclient import HubAPIError, StopResult
 from hub_resilience.tools.loadreport import Arrival, HubLoad, LoadReport, hub_load
 from hub_resilience.tools.simulate import (
     SCRAPE_EVERY,
-    TAB_PATHS,
     Progress,
     Simulation,
     SimulationPlan,
     fetch_status,
+    tab_request,
 )
 from hub_resilience.tools.timeline import Timeline
 
@@ -238,12 +238,7 @@ async def stop_as_culled(hub: Any, names: Sequence[str], url: str, token: str
         http = AsyncHTTPClient(force_instance=True)
         try:
             for i in range(TAB_POLLS_AFTER_STOP):
-                request = HTTPRequest(
-                    f"{url}/user/{name}/{TAB_PATHS[i % len(TAB_PATHS)]}",
-                    headers={"Authorization": f"token {token}", "Accept": "application/json"},
-                    follow_redirects=True, max_redirects=5, request_timeout=60,
-                )
-                status = await fetch_status(http, request)
+                status = await fetch_status(http, tab_request(url, token, name, i, 60))
                 statuses[status] = statuses.get(status, 0) + 1
                 await asyncio.sleep(TAB_INTERVAL)
         finally:

@@ -232,6 +232,19 @@ async def read_hub_metrics(url: str, token: str, *, request_timeout: float) -> H
     return parse_hub_metrics(response.body.decode("utf-8", "replace"))
 
 
+def tab_request(url: str, token: str, name: str, i: int, request_timeout: float
+                ) -> HTTPRequest:
+    """A browser tab's ``i``-th poll of ``name``'s server through the proxy at ``url``,
+    cycling through TAB_PATHS, following redirects as a browser does."""
+    return HTTPRequest(
+        f"{url}/user/{quote(name, safe='')}/{TAB_PATHS[i % len(TAB_PATHS)]}",
+        headers={"Authorization": f"token {token}", "Accept": "application/json"},
+        follow_redirects=True,
+        max_redirects=5,
+        request_timeout=request_timeout,
+    )
+
+
 class Simulation:
     """One run of a :class:`SimulationPlan` against a hub.
 
@@ -552,14 +565,8 @@ class Simulation:
     async def _tab_request(
         self, http: AsyncHTTPClient, name: str, i: int, into: dict[str, int]
     ) -> None:
-        """The tab's ``i``-th poll (cycling through TAB_PATHS); its final status counted."""
-        request = HTTPRequest(
-            f"{self.url}/user/{quote(name, safe='')}/{TAB_PATHS[i % len(TAB_PATHS)]}",
-            headers={"Authorization": f"token {self.token}", "Accept": "application/json"},
-            follow_redirects=True,
-            max_redirects=5,
-            request_timeout=self.plan.request_timeout,
-        )
+        """The tab's ``i``-th poll; its final status counted."""
+        request = tab_request(self.url, self.token, name, i, self.plan.request_timeout)
         status = await fetch_status(http, request)
         into[status] = into.get(status, 0) + 1
 
