@@ -15,7 +15,6 @@ import asyncio
 import math
 import os
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,16 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient
 
 from benchmarks.admission import Crowd, Outcome
-from benchmarks.common import Row, admin_client, gather_limited, hub_cpu_seconds, log, scrape
+from benchmarks.common import (
+    Measured,
+    Row,
+    admin_client,
+    gather_limited,
+    hub_cpu_seconds,
+    log,
+    measure,
+    scrape,
+)
 from hub_resilience.hub.activity import DEFAULT_SINGLEUSER_INTERVAL, tune_activity
 from hub_resilience.hubclient import HubAPIError, StopResult
 from hub_resilience.tools.loadreport import Arrival, HubLoad, LoadReport, hub_load
@@ -166,12 +174,8 @@ class Result:
     guaranteed: float  # share of the user pods
     api_429s: int  # the API server's 429s during the event, all clients
     activity_interval: int | None  # read from a user pod's environment
-    steady: HubLoad | None
-    steady_cpu: float
-    steady_seconds: float
-    stopping_seconds: float
-    after_stop: HubLoad | None
-    after_stop_cpu: float
+    steady: Measured  # the window with every server running
+    stopping: Measured  # every server stopped, half the tabs left open
     tabs_after_stop: dict[str, int] = field(default_factory=dict)
     timeline: Timeline | None = None
 
@@ -298,10 +302,7 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
                 arrival_cpu = hub_cpu_seconds(hub) - cpu
                 before = await scrape(hub)
                 arrival = hub_load(start, before)
-                steady_cpu = hub_cpu_seconds(hub)
-                await asyncio.sleep(steady)
-                steady_load = hub_load(before, await scrape(hub))
-                steady_cpu = hub_cpu_seconds(hub) - steady_cpu
+                _, steady_window = await measure(hub, lambda: asyncio.sleep(steady))
                 pods = await asyncio.to_thread(user_pods, cluster)
             finally:
                 release.set()
@@ -311,14 +312,10 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             outcome = Outcome(report, arrival_cpu, [], ready_after)
             api_throttled = api_429s(cluster) - throttled
             timeline = simulation.timeline
-            before_stop, stop_cpu, stop_started = (
-                await scrape(hub), hub_cpu_seconds(hub), time.monotonic()
-            )
             names = [o.name for o in simulation.outcomes if o.ready_after is not None]
-            tabs = await stop_as_culled(hub, names, hub.url, hub.token)
-            stopping = time.monotonic() - stop_started
-            after_stop = hub_load(before_stop, await scrape(hub))
-            stop_cpu = hub_cpu_seconds(hub) - stop_cpu
+            tabs, stopping = await measure(
+                hub, lambda: stop_as_culled(hub, names, hub.url, hub.token)
+            )
             errors = sum("[E " in line for line in hub.log_text().splitlines())
             rss = peak_rss_mib(hub.hub_pid)
     finally:
@@ -332,10 +329,8 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
     result = Result(
         outcome=outcome, arrival=arrival, loop_max=max(loops, default=None), peak_rss=rss,
         errors=errors, guaranteed=guaranteed, api_429s=api_throttled,
-        activity_interval=pod_activity_interval(pods), steady=steady_load,
-        steady_cpu=steady_cpu, steady_seconds=steady, stopping_seconds=stopping,
-        after_stop=after_stop, after_stop_cpu=stop_cpu, tabs_after_stop=tabs,
-        timeline=timeline,
+        activity_interval=pod_activity_interval(pods), steady=steady_window,
+        stopping=stopping, tabs_after_stop=tabs, timeline=timeline,
     )
     if result.activity_interval != expected_interval:
         log(f"k8s event: {stack.name}: the pods' activity interval is "
@@ -375,8 +370,9 @@ def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
         return nan if value is None else value * 1000
 
     def per_minute(result: Result) -> tuple[float, float]:
-        load, minutes = result.steady, result.steady_seconds / 60
-        return (nan if load is None else load.requests / minutes), result.steady_cpu / minutes
+        window = result.steady
+        minutes = window.seconds / 60
+        return window.load.requests / minutes, window.hub_cpu / minutes
 
     loop_p99 = hub(ours, "loop_interval_p99") * 1000
     table = [
@@ -434,12 +430,11 @@ def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
         ))
     table += [
         Row(comparison, "servers stopped as culled: seconds to stop them all",
-            stock.stopping_seconds, ours.stopping_seconds, "lower", 0),
+            stock.stopping.seconds, ours.stopping.seconds, "lower", 0),
         Row(comparison, "  hub requests meanwhile (half the tabs left open)",
-            stock.after_stop.requests if stock.after_stop else nan,
-            ours.after_stop.requests if ours.after_stop else nan, "lower", 0),
-        Row(comparison, "  hub CPU seconds meanwhile", stock.after_stop_cpu,
-            ours.after_stop_cpu, "lower"),
+            stock.stopping.load.requests, ours.stopping.load.requests, "lower", 0),
+        Row(comparison, "  hub CPU seconds meanwhile", stock.stopping.hub_cpu,
+            ours.stopping.hub_cpu, "lower"),
     ]
     return table
 

@@ -10,6 +10,7 @@ import pytest
 from kubernetes.client import V1Container, V1EnvVar, V1ObjectMeta, V1Pod, V1PodSpec
 
 from benchmarks.admission import Crowd, Outcome
+from benchmarks.common import Measured
 from benchmarks.k8s_event import (
     CULL_EVERY,
     OURS,
@@ -94,9 +95,8 @@ def result(*, failed: int = 0, loop: float = 0.05, errors: int = 0, guaranteed: 
         outcome=Outcome(report, 12.0, [], ready_after), arrival=load, loop_max=0.25,
         peak_rss=300.0,
         errors=errors, guaranteed=guaranteed, api_429s=0, activity_interval=300,
-        steady=HubLoad(requests=120, refused=0), steady_cpu=3.0, steady_seconds=30.0,
-        stopping_seconds=20.0, after_stop=HubLoad(requests=40, refused=0),
-        after_stop_cpu=1.0,
+        steady=Measured(30.0, 3.0, HubLoad(requests=120, refused=0)),
+        stopping=Measured(20.0, 1.0, HubLoad(requests=40, refused=0)),
     )
 
 
