@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,11 +82,34 @@ TAB_POLLS_AFTER_STOP = 6
 RELEASED_VENV = "venv-z2jh-4.4.0"
 
 
+def cache_home() -> Path:
+    """$HUB_RESILIENCE_HOME, where scripts/bootstrap.sh keeps what it builds."""
+    home = os.environ.get("HUB_RESILIENCE_HOME")
+    return Path(home) if home else Path.home() / ".cache/hub-resilience"
+
+
+def kept_log(event: Crowd, stack: Stack) -> Path:
+    """Where a run's hub log is kept after the run (the run's own folder is removed):
+    ``$HUB_RESILIENCE_HOME/artifacts/k8s-event/``, one file per event and hub."""
+    slug = "".join(c if c.isalnum() else "-" for c in f"{event.users}-{event.arrival.value}")
+    return cache_home() / "artifacts" / "k8s-event" / f"{slug}-{stack.name.split()[0]}.log"
+
+
+GOVERNOR_CHANGE = re.compile(r"Admission governor: concurrent_spawn_limit \d+ -> (\d+) \((\w+)")
+
+
+def governor_changes(log_text: str) -> dict[str, int]:
+    """How often the admission governor moved the limit, by reason, from the hub's log."""
+    changes: dict[str, int] = {}
+    for match in GOVERNOR_CHANGE.finditer(log_text):
+        changes[match[2]] = changes.get(match[2], 0) + 1
+    return changes
+
+
 def released_python() -> str:
     """The interpreter both hubs run on: the stack operators run, whatever runs the
     benchmark's simulated users."""
-    home = os.environ.get("HUB_RESILIENCE_HOME") or str(Path.home() / ".cache/hub-resilience")
-    python = Path(home) / RELEASED_VENV / "bin" / "python"
+    python = cache_home() / RELEASED_VENV / "bin" / "python"
     if not python.is_file():
         raise RuntimeError(f"{python} is missing: ./benchmarks/run builds it "
                            "(scripts/bootstrap.sh, the released lane)")
@@ -178,6 +202,7 @@ class Result:
     stopping: Measured  # every server stopped, half the tabs left open
     tabs_after_stop: dict[str, int] = field(default_factory=dict)
     timeline: Timeline | None = None
+    governor: dict[str, int] = field(default_factory=dict)  # limit changes by reason
 
     @property
     def report(self) -> LoadReport:
@@ -316,8 +341,13 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             tabs, stopping = await measure(
                 hub, lambda: stop_as_culled(hub, names, hub.url, hub.token)
             )
-            errors = sum("[E " in line for line in hub.log_text().splitlines())
+            hub_log = hub.log_text()
+            errors = sum("[E " in line for line in hub_log.splitlines())
             rss = peak_rss_mib(hub.hub_pid)
+            kept = kept_log(event, stack)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(hub_log)
+            log(f"k8s event: {stack.name}'s hub log kept in {kept}")
     finally:
         await asyncio.to_thread(remove_user_pods_and_claims, cluster, cluster.namespace)
         await asyncio.to_thread(
@@ -331,6 +361,7 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
         errors=errors, guaranteed=guaranteed, api_429s=api_throttled,
         activity_interval=pod_activity_interval(pods), steady=steady_window,
         stopping=stopping, tabs_after_stop=tabs, timeline=timeline,
+        governor=governor_changes(hub_log),
     )
     if result.activity_interval != expected_interval:
         log(f"k8s event: {stack.name}: the pods' activity interval is "
@@ -349,7 +380,8 @@ def summary(result: Result) -> str:
             f"loop p99 {'?' if loop is None else f'{loop * 1000:.0f} ms'}, "
             f"{o.hub_cpu:.0f} hub CPU s, peak RSS {result.peak_rss:.0f} MiB, "
             f"{result.errors} ERROR lines, {result.guaranteed:.0%} Guaranteed; tabs left "
-            f"open on stopped servers: {result.tabs_after_stop}")
+            f"open on stopped servers: {result.tabs_after_stop}; the admission governor's "
+            f"limit changes: {result.governor or 'none'}")
 
 
 def goal(measure: str, met: bool, target: str) -> str:

@@ -17,6 +17,7 @@ from benchmarks.k8s_event import (
     STOCK,
     STOCK_CULLER_CONFIG,
     Result,
+    governor_changes,
     handler_kinds,
     missed_goals,
     pod_activity_interval,
@@ -143,3 +144,20 @@ def test_handler_rows_are_those_with_a_share_of_either_hubs_requests(share: floa
                          "RootHandler"]
     else:
         assert kinds == ["UserServerAPIHandler", "UserUrlHandler"]
+
+
+def test_the_governors_limit_changes_are_counted_by_reason_from_the_hub_log() -> None:
+    hub_log = "\n".join([
+        "[I 2026-12-06 21:00:00.000 JupyterHub admission:1] Admission governor: "
+        "concurrent_spawn_limit 64 (configured 64; floor 8, ceiling 200), decided every 2s",
+        "[I 2026-12-06 21:00:02.000 JupyterHub admission:1] Admission governor: "
+        "concurrent_spawn_limit 64 -> 44 (loop_stalled: loop lag 0.40s, ...)",
+        "[I 2026-12-06 21:00:08.000 JupyterHub admission:1] Admission governor: "
+        "concurrent_spawn_limit 44 -> 30 (loop_stalled: loop lag 0.50s, ...)",
+        "[I 2026-12-06 21:00:12.000 JupyterHub admission:1] Admission governor: "
+        "concurrent_spawn_limit 30 -> 34 (all_well: loop lag 0.01s, ...)",
+        "[I 2026-12-06 21:00:14.000 JupyterHub admission:1] Admission governor: "
+        "concurrent_spawn_limit held at 34 (capacity_wait: ...)",
+    ])
+    assert governor_changes(hub_log) == {"loop_stalled": 2, "all_well": 1}
+    assert governor_changes("") == {}
