@@ -104,12 +104,7 @@ class StandInAutoscaler:
 
 async def run_one(cluster: Any, work: Path, crowd: Crowd, configuration: Configuration
                   ) -> Outcome:
-    from tests.k8s.cluster import wait_until
-    from tests.k8s.test_e2e_pressure import (
-        remove_user_pods_and_claims,
-        z2jh_hub,
-        z2jh_values,
-    )
+    from tests.k8s.test_e2e_pressure import reset_users, z2jh_hub, z2jh_values
 
     values = z2jh_values(
         singleuser=dict(USER_RESOURCES),
@@ -131,22 +126,11 @@ async def run_one(cluster: Any, work: Path, crowd: Crowd, configuration: Configu
         scaling.cancel()
         await asyncio.gather(scaling, return_exceptions=True)
         await autoscaler.stop()
-        # The next configuration starts from the same cluster: no user pods, NODES nodes.
-        await asyncio.to_thread(remove_user_pods_and_claims, cluster, cluster.namespace)
-        await asyncio.to_thread(
-            wait_until, lambda: user_pods(cluster) == 0, timeout=300, what="user pods gone"
-        )
+        # The next configuration starts from the same cluster: no user pod, claim, volume
+        # or event left, NODES nodes.
+        await asyncio.to_thread(reset_users, cluster, cluster.namespace)
         await asyncio.to_thread(cluster.remove_nodes_from, NODES)
     return outcome
-
-
-def user_pods(cluster: Any) -> int:
-    from kubernetes import client as k8s
-
-    with cluster.admin_client() as api:
-        return len(k8s.CoreV1Api(api).list_namespaced_pod(
-            cluster.namespace, label_selector="component=singleuser-server"
-        ).items)
 
 
 async def run(crowd: Crowd = CROWD) -> list[Row]:

@@ -298,8 +298,7 @@ ProgressDisplay = Callable[[str], Callable[[Progress], None]]
 
 async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: float,
                   progress: ProgressDisplay | None = None) -> Result:
-    from tests.k8s.cluster import wait_until
-    from tests.k8s.test_e2e_pressure import remove_user_pods_and_claims, z2jh_hub
+    from tests.k8s.test_e2e_pressure import reset_users, z2jh_hub
 
     values = stack.values(event)
     expected_interval = stack.activity_interval(values)
@@ -349,10 +348,8 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             kept.write_text(hub_log)
             log(f"k8s event: {stack.name}'s hub log kept in {kept}")
     finally:
-        await asyncio.to_thread(remove_user_pods_and_claims, cluster, cluster.namespace)
-        await asyncio.to_thread(
-            wait_until, lambda: not user_pods(cluster), timeout=600, what="user pods gone"
-        )
+        # The next hub starts from the same cluster (no pod, claim, volume or event left).
+        await asyncio.to_thread(reset_users, cluster, cluster.namespace)
     loops = [x.max for x in (timeline.loop if timeline else [])
              if x.max is not None and x.elapsed <= arrived + SCRAPE_EVERY]
     guaranteed = sum(p.status.qos_class == "Guaranteed" for p in pods) / max(1, len(pods))

@@ -31,7 +31,14 @@ import yaml
 from kubernetes import client as k8s
 
 from hub_resilience.hubclient import HubAPIError
-from tests.k8s.cluster import ApfEndpoint, ApiEndpoint, LocalCluster, hold_seat, requests_429
+from tests.k8s.cluster import (
+    ApfEndpoint,
+    ApiEndpoint,
+    LocalCluster,
+    hold_seat,
+    requests_429,
+    wait_until,
+)
 from tests.k8s.test_e2e_spawner import sample, scrape
 from tests.support.hub import (
     RunningHub,
@@ -178,6 +185,37 @@ def remove_user_pods_and_claims(cluster: LocalCluster, namespace: str) -> None:
         )
         api.delete_collection_namespaced_persistent_volume_claim(
             namespace, label_selector="component=singleuser-storage"
+        )
+
+
+def reset_users(cluster: LocalCluster, namespace: str, timeout: float = 600) -> None:
+    """Put ``namespace`` back as it was before any user arrived, for a benchmark's next hub:
+    no user pod, no user PVC, none of their PVs (the PV binder deletes them after their
+    claims, a few a second: a hub started before it is done gets its users' claims bound,
+    and so their pods scheduled, only as it catches up) and none of the pods' events."""
+    remove_user_pods_and_claims(cluster, namespace)
+    with cluster.admin_client() as api_client:
+        api = k8s.CoreV1Api(api_client)
+
+        def gone() -> bool:
+            return not (
+                api.list_namespaced_pod(
+                    namespace, label_selector="component=singleuser-server"
+                ).items
+                or api.list_namespaced_persistent_volume_claim(
+                    namespace, label_selector="component=singleuser-storage"
+                ).items
+                or [
+                    volume
+                    for volume in api.list_persistent_volume().items
+                    if (volume.spec.claim_ref or k8s.V1ObjectReference()).namespace == namespace
+                ]
+            )
+
+        wait_until(gone, timeout=timeout, what="user pods, claims and volumes gone",
+                   interval=1.0)
+        api.delete_collection_namespaced_event(
+            namespace, field_selector="involvedObject.kind=Pod"
         )
 
 
