@@ -140,8 +140,9 @@ class AdmissionSettings:
     cooldown_intervals: int = 2
     """After a decrease, this many intervals with no further decrease (>= 0)."""
     binding_share: float = 0.8
-    """Increase only if pending >= binding_share * limit, in (0, 1]: only raise a limit that
-    actually holds users back, or it drifts to the ceiling while nobody tests it."""
+    """The limit binds while pending >= binding_share * limit, in (0, 1]. Only a binding
+    limit is raised (or it drifts to the ceiling while nobody tests it) and only a binding
+    limit is cut (one that holds nobody back is not what loads the hub)."""
     loop_lag_threshold: float = 0.25
     """Seconds of hub event-loop lag above which the hub is stalled (> 0)."""
     k8s_latency_threshold: float = 2.0
@@ -292,14 +293,17 @@ def next_state(
     before the last cut has had an effect. A capacity wait (``capacity_wait_threshold``) only
     holds it (reason CAPACITY_WAIT, no change): the spawns waiting for nodes are what an
     autoscaler sizes its scale-up by, and spawns that then fail are the FAILURES signal. So
-    does distress while no spawn is pending: admission is not what loads the hub or the API
-    server then. Calm raises it by ``increase`` only after ``calm_intervals`` calm intervals
-    in a row and only while pending spawns fill ``binding_share`` of it.
+    does distress while the limit does not bind (pending spawns fill less than
+    ``binding_share`` of it): admission is not what loads the hub or the API server then (a
+    hub creating users in bulk, a slow database commit), and a cut would refuse the next
+    users for a stall they did not cause. Calm raises it by ``increase`` only after
+    ``calm_intervals`` calm intervals in a row and only while it binds.
     """
     previous = state.limit
     limit = settings.clamp(previous)
     reason = distress(signals, settings)
-    if reason is AdmissionReason.CAPACITY_WAIT or (reason is not None and not signals.pending):
+    binding = signals.pending + _EPSILON >= settings.binding_share * limit
+    if reason is AdmissionReason.CAPACITY_WAIT or (reason is not None and not binding):
         nxt = AdmissionState(limit=limit, calm=0, cooldown=max(0, state.cooldown - 1))
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     if reason is not None:
@@ -312,7 +316,6 @@ def next_state(
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     calm = state.calm + 1
     cooldown = max(0, state.cooldown - 1)
-    binding = signals.pending + _EPSILON >= settings.binding_share * limit
     if calm >= settings.calm_intervals and binding and limit < settings.ceiling:
         nxt = AdmissionState(
             limit=min(settings.ceiling, limit + settings.increase), calm=0, cooldown=cooldown
