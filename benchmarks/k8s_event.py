@@ -16,6 +16,7 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,15 +96,12 @@ def kept_log(event: Crowd, stack: Stack) -> Path:
     return cache_home() / "artifacts" / "k8s-event" / f"{slug}-{stack.name.split()[0]}.log"
 
 
-GOVERNOR_CHANGE = re.compile(r"Admission governor: concurrent_spawn_limit \d+ -> (\d+) \((\w+)")
+GOVERNOR_CHANGE = re.compile(r"Admission governor: concurrent_spawn_limit \d+ -> \d+ \((\w+)")
 
 
 def governor_changes(log_text: str) -> dict[str, int]:
     """How often the admission governor moved the limit, by reason, from the hub's log."""
-    changes: dict[str, int] = {}
-    for match in GOVERNOR_CHANGE.finditer(log_text):
-        changes[match[2]] = changes.get(match[2], 0) + 1
-    return changes
+    return dict(Counter(GOVERNOR_CHANGE.findall(log_text)))
 
 
 def released_python() -> str:
