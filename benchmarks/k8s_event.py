@@ -347,7 +347,8 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             log(f"k8s event: {stack.name}'s hub log kept in {kept}")
     finally:
         # The next hub starts from the same cluster (no pod, claim, volume or event left).
-        await asyncio.to_thread(reset_users, cluster, cluster.namespace)
+        seconds = await asyncio.to_thread(reset_users, cluster, cluster.namespace)
+        log(f"k8s event: cluster put back in {seconds:.0f} s")
     loops = [x.max for x in (timeline.loop if timeline else [])
              if x.max is not None and x.elapsed <= arrived + SCRAPE_EVERY]
     guaranteed = sum(p.status.qos_class == "Guaranteed" for p in pods) / max(1, len(pods))

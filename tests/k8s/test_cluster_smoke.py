@@ -169,6 +169,7 @@ def test_controller_manager_runs_only_the_pv_binder_on_loopback(tmp_path: Any) -
     command = controller_manager_command(tmp_path / "kcm", tmp_path / "admin.kubeconfig", 5)
     assert "--controllers=persistentvolume-binder-controller" in command
     assert "--enable-hostpath-provisioner=true" in command
+    assert "--kube-api-qps=100" in command and "--kube-api-burst=100" in command
     assert "--leader-elect=false" in command
     assert "--bind-address=127.0.0.1" in command
     assert "--secure-port=5" in command

@@ -188,11 +188,13 @@ def remove_user_pods_and_claims(cluster: LocalCluster, namespace: str) -> None:
         )
 
 
-def reset_users(cluster: LocalCluster, namespace: str, timeout: float = 600) -> None:
+def reset_users(cluster: LocalCluster, namespace: str, timeout: float = 600) -> float:
     """Put ``namespace`` back as it was before any user arrived, for a benchmark's next hub:
     no user pod, no user PVC, none of their PVs (the PV binder deletes them after their
-    claims, a few a second: a hub started before it is done gets its users' claims bound,
-    and so their pods scheduled, only as it catches up) and none of the pods' events."""
+    claims, at kube-controller-manager's API rate: a hub started before it is done gets its
+    users' claims bound, and so their pods scheduled, only as it catches up) and none of
+    the pods' events. The seconds it took."""
+    started = time.monotonic()
     remove_user_pods_and_claims(cluster, namespace)
     with cluster.admin_client() as api_client:
         api = k8s.CoreV1Api(api_client)
@@ -217,6 +219,7 @@ def reset_users(cluster: LocalCluster, namespace: str, timeout: float = 600) -> 
         api.delete_collection_namespaced_event(
             namespace, field_selector="involvedObject.kind=Pod"
         )
+    return time.monotonic() - started
 
 
 def total(families: dict, name: str, **labels: str) -> float:
