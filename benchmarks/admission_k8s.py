@@ -88,9 +88,11 @@ class StandInAutoscaler:
     def _unschedulable(self) -> int:
         from kubernetes import client as k8s
 
+        from tests.k8s.cluster import USER_POD_SELECTOR
+
         with self.cluster.admin_client() as api:
             pods = k8s.CoreV1Api(api).list_namespaced_pod(
-                self.namespace, label_selector="component=singleuser-server"
+                self.namespace, label_selector=USER_POD_SELECTOR
             ).items
         return sum(unschedulable(p) for p in pods)
 

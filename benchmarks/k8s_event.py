@@ -218,9 +218,11 @@ def peak_rss_mib(pid: int) -> float:
 def user_pods(cluster: Any) -> list[Any]:
     from kubernetes import client as k8s
 
+    from tests.k8s.cluster import USER_POD_SELECTOR
+
     with cluster.admin_client() as api:
         return list(k8s.CoreV1Api(api).list_namespaced_pod(
-            cluster.namespace, label_selector="component=singleuser-server"
+            cluster.namespace, label_selector=USER_POD_SELECTOR
         ).items)
 
 

@@ -97,6 +97,11 @@ CONTROLLER_MANAGER_CONTROLLERS = ("persistentvolume-binder-controller",)
 CONTROLLER_MANAGER_API_QPS = 100
 CONTROLLER_MANAGER_API_BURST = 100
 
+#: The label selectors of a user's pod and of its PVC, as KubeSpawner labels them with z2jh's
+#: values.
+USER_POD_SELECTOR = "component=singleuser-server"
+USER_CLAIM_SELECTOR = "component=singleuser-storage"
+
 #: The default StorageClass created at start: what a PVC without storageClassName gets (the
 #: DefaultStorageClass admission plugin fills it in), bound at once, its PV deleted with it.
 DEFAULT_STORAGE_CLASS = "standard"

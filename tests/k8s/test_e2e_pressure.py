@@ -32,6 +32,8 @@ from kubernetes import client as k8s
 
 from hub_resilience.hubclient import HubAPIError
 from tests.k8s.cluster import (
+    USER_CLAIM_SELECTOR,
+    USER_POD_SELECTOR,
     ApfEndpoint,
     ApiEndpoint,
     LocalCluster,
@@ -181,10 +183,10 @@ def remove_user_pods_and_claims(cluster: LocalCluster, namespace: str) -> None:
     with cluster.admin_client() as api_client:
         api = k8s.CoreV1Api(api_client)
         api.delete_collection_namespaced_pod(
-            namespace, label_selector="component=singleuser-server", grace_period_seconds=0
+            namespace, label_selector=USER_POD_SELECTOR, grace_period_seconds=0
         )
         api.delete_collection_namespaced_persistent_volume_claim(
-            namespace, label_selector="component=singleuser-storage"
+            namespace, label_selector=USER_CLAIM_SELECTOR
         )
 
 
@@ -202,10 +204,10 @@ def reset_users(cluster: LocalCluster, namespace: str, timeout: float = 600) -> 
         def gone() -> bool:
             return not (
                 api.list_namespaced_pod(
-                    namespace, label_selector="component=singleuser-server"
+                    namespace, label_selector=USER_POD_SELECTOR
                 ).items
                 or api.list_namespaced_persistent_volume_claim(
-                    namespace, label_selector="component=singleuser-storage"
+                    namespace, label_selector=USER_CLAIM_SELECTOR
                 ).items
                 or [
                     volume
@@ -353,8 +355,9 @@ class PodHistory:
         )
         async with api_client:
             api = aclient.CoreV1Api(api_client)
-            selector = "component=singleuser-server"
-            listed = await api.list_namespaced_pod(self.namespace, label_selector=selector)
+            listed = await api.list_namespaced_pod(
+                self.namespace, label_selector=USER_POD_SELECTOR
+            )
             version = listed.metadata.resource_version
             for pod in listed.items:
                 self.uids.setdefault(pod.metadata.name, set()).add(pod.metadata.uid)
@@ -365,7 +368,7 @@ class PodHistory:
                 async with w.stream(
                     functools.partial(api.list_namespaced_pod),
                     self.namespace,
-                    label_selector=selector,
+                    label_selector=USER_POD_SELECTOR,
                     resource_version=version,
                     timeout_seconds=300,
                 ) as stream:
@@ -433,7 +436,7 @@ async def test_hundred_users_spawn_through_an_api_server_throttling_creates_read
         pods = {
             p.metadata.name: p
             for p in api.list_namespaced_pod(
-                namespace, label_selector="component=singleuser-server"
+                namespace, label_selector=USER_POD_SELECTOR
             ).items
         }
         claims = {

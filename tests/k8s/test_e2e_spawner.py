@@ -22,7 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_resilience.hubclient import HubAPIError
 from hub_resilience.service.culler import Culler
-from tests.k8s.cluster import LocalCluster
+from tests.k8s.cluster import USER_POD_SELECTOR, LocalCluster
 from tests.support.hub import (
     SERVICE_FAMILY_PREFIXES,
     RunningHub,
@@ -196,7 +196,7 @@ def sample(families: dict, family: str, name: str, **labels: str) -> float:
 
 def user_pods(cluster: LocalCluster, namespace: str) -> dict[str, dict]:
     api = k8s.CoreV1Api(cluster.admin_client())
-    pods = api.list_namespaced_pod(namespace, label_selector="component=singleuser-server")
+    pods = api.list_namespaced_pod(namespace, label_selector=USER_POD_SELECTOR)
     return {p.metadata.name: p for p in pods.items}
 
 
