@@ -196,11 +196,12 @@ class Result:
     guaranteed: float  # share of the user pods
     api_429s: int  # the API server's 429s during the event, all clients
     activity_interval: int | None  # read from a user pod's environment
-    steady: Measured  # the window with every server running
-    stopping: Measured  # every server stopped, half the tabs left open
+    steady: Measured | None  # the window with every server running (None: the hub exited)
+    stopping: Measured | None  # every server stopped, half the tabs left open (likewise)
     tabs_after_stop: dict[str, int] = field(default_factory=dict)
     timeline: Timeline | None = None
     governor: dict[str, int] = field(default_factory=dict)  # limit changes by reason
+    exited: str | None = None  # when and why the hub process exited during the event
 
     @property
     def report(self) -> LoadReport:
@@ -208,8 +209,12 @@ class Result:
 
 
 def peak_rss_mib(pid: int) -> float:
-    """The process's peak resident set (VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """The process's peak resident set (VmHWM) in MiB; NaN once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return math.nan
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return math.nan
@@ -245,15 +250,31 @@ def api_429s(cluster: Any) -> int:
     return sum(requests_429(cluster.api).values())
 
 
-async def everyone_arrived(simulation: Simulation, running: asyncio.Future[Any]) -> float:
+async def everyone_arrived(simulation: Simulation, running: asyncio.Future[Any], hub: Any
+                           ) -> float:
     """Until every user has a server or has given up (or the run ended: it failed); the
-    seconds since the first arrival."""
+    seconds since the first arrival. If the hub process exits, the users still trying (and
+    those yet to come) give up there: nobody restarts it here, as Kubernetes would."""
     while not running.done():
         progress = simulation.progress()
         if progress.ready + progress.failed >= progress.total:
             return progress.elapsed
+        if hub.hub_exit_code is not None:
+            simulation.give_up("hub_exited")
+            return progress.elapsed
         await asyncio.sleep(1.0)
     return simulation.progress().elapsed
+
+
+#: JupyterHub's critical log line when it exits at its consecutive_failure_limit.
+HUB_ABORT = re.compile(r"^\[C [^\]]*\] (.*)$", re.MULTILINE)
+
+
+def exit_reason(exit_code: int, seconds: float, log_text: str) -> str:
+    """When the hub exited and, from its log, why (its first critical line)."""
+    found = HUB_ABORT.search(log_text)
+    why = found.group(1).strip() if found else "no critical line in its log"
+    return f"exited with code {exit_code} after {seconds / 60:.1f} min: {why}"
 
 
 async def stop_as_culled(hub: Any, names: Sequence[str], url: str, token: str
@@ -321,12 +342,17 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             running = asyncio.ensure_future(
                 simulation.run(None if progress is None else progress(stack.name))
             )
+            steady_window: Measured | None = None
             try:
-                arrived = await everyone_arrived(simulation, running)
-                arrival_cpu = hub_cpu_seconds(hub) - cpu
-                before = await scrape(hub)
-                arrival = hub_load(start, before)
-                _, steady_window = await measure(hub, lambda: asyncio.sleep(steady))
+                arrived = await everyone_arrived(simulation, running, hub)
+                if hub.hub_exit_code is None:
+                    arrival_cpu = hub_cpu_seconds(hub) - cpu
+                    arrival = hub_load(start, await scrape(hub))
+                    _, steady_window = await measure(hub, lambda: asyncio.sleep(steady))
+                else:  # what it served until its last reading, by its own count
+                    last = simulation.last_reading or start
+                    arrival = hub_load(start, last)
+                    arrival_cpu = (last.cpu_seconds or math.nan) - (start.cpu_seconds or 0)
                 pods = await asyncio.to_thread(user_pods, cluster)
             finally:
                 release.set()
@@ -337,10 +363,15 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             api_throttled = api_429s(cluster) - throttled
             timeline = simulation.timeline
             names = [o.name for o in simulation.outcomes if o.ready_after is not None]
-            tabs, stopping = await measure(
-                hub, lambda: stop_as_culled(hub, names, hub.url, hub.token)
-            )
+            tabs: dict[str, int] = {}
+            stopping: Measured | None = None
+            if hub.hub_exit_code is None:
+                tabs, stopping = await measure(
+                    hub, lambda: stop_as_culled(hub, names, hub.url, hub.token)
+                )
             hub_log = hub.log_text()
+            exit_code = hub.hub_exit_code
+            exited = None if exit_code is None else exit_reason(exit_code, arrived, hub_log)
             errors = sum("[E " in line for line in hub_log.splitlines())
             rss = peak_rss_mib(hub.hub_pid)
             kept = kept_log(event, stack)
@@ -359,7 +390,7 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
         errors=errors, guaranteed=guaranteed, api_429s=api_throttled,
         activity_interval=pod_activity_interval(pods), steady=steady_window,
         stopping=stopping, tabs_after_stop=tabs, timeline=timeline,
-        governor=governor_changes(hub_log),
+        governor=governor_changes(hub_log), exited=exited,
     )
     if result.activity_interval != expected_interval:
         log(f"k8s event: {stack.name}: the pods' activity interval is "
@@ -379,7 +410,8 @@ def summary(result: Result) -> str:
             f"{o.hub_cpu:.0f} hub CPU s, peak RSS {result.peak_rss:.0f} MiB, "
             f"{result.errors} ERROR lines, {result.guaranteed:.0%} Guaranteed; tabs left "
             f"open on stopped servers: {result.tabs_after_stop}; the admission governor's "
-            f"limit changes: {result.governor or 'none'}")
+            f"limit changes: {result.governor or 'none'}; the hub "
+            f"{result.exited or 'ran throughout'}")
 
 
 def goal(measure: str, met: bool, target: str) -> str:
@@ -401,6 +433,8 @@ def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
 
     def per_minute(result: Result) -> tuple[float, float]:
         window = result.steady
+        if window is None:
+            return nan, nan
         minutes = window.seconds / 60
         return window.load.requests / minutes, window.hub_cpu / minutes
 
@@ -418,6 +452,9 @@ def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
     table += [Row(comparison, f"  of which {reason}", stock.report.failures.get(reason, 0),
                   ours.report.failures.get(reason, 0), "lower", 0) for reason in reasons]
     table += [
+        Row(comparison, goal("hub process exits (JupyterHub's consecutive failure limit)",
+                             ours.exited is None, "0"),
+            int(stock.exited is not None), int(ours.exited is not None), "lower", 0),
         Row(comparison, goal("failed spawns (the hub's count)",
                              hub(ours, "spawn_failures") == 0, "0"),
             hub(stock, "spawn_failures"), hub(ours, "spawn_failures"), "lower", 0),
@@ -458,13 +495,18 @@ def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
             comparison, f"{running}: {label}",
             per_minute(stock)[index], per_minute(ours)[index], "lower", 1,
         ))
+    def stopping(result: Result, measure: Callable[[Measured], float]) -> float:
+        return nan if result.stopping is None else measure(result.stopping)
+
     table += [
         Row(comparison, "servers stopped as culled: seconds to stop them all",
-            stock.stopping.seconds, ours.stopping.seconds, "lower", 0),
+            stopping(stock, lambda m: m.seconds), stopping(ours, lambda m: m.seconds),
+            "lower", 0),
         Row(comparison, "  hub requests meanwhile (half the tabs left open)",
-            stock.stopping.load.requests, ours.stopping.load.requests, "lower", 0),
-        Row(comparison, "  hub CPU seconds meanwhile", stock.stopping.hub_cpu,
-            ours.stopping.hub_cpu, "lower"),
+            stopping(stock, lambda m: m.load.requests),
+            stopping(ours, lambda m: m.load.requests), "lower", 0),
+        Row(comparison, "  hub CPU seconds meanwhile", stopping(stock, lambda m: m.hub_cpu),
+            stopping(ours, lambda m: m.hub_cpu), "lower"),
     ]
     return table
 

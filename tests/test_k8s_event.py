@@ -2,6 +2,7 @@
 z2jh 4.4.0's real configuration), the stock culler's command, and the table."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ from benchmarks.k8s_event import (
     STOCK,
     STOCK_CULLER_CONFIG,
     Result,
+    exit_reason,
     governor_changes,
     handler_kinds,
     missed_goals,
     pod_activity_interval,
     rows,
+    summary,
 )
 from hub_resilience.hub.activity import tune_activity
 from hub_resilience.tools.loadreport import Arrival, HubLoad, LoadReport
@@ -161,3 +164,30 @@ def test_the_governors_limit_changes_are_counted_by_reason_from_the_hub_log() ->
     ])
     assert governor_changes(hub_log) == {"loop_stalled": 2, "all_well": 1}
     assert governor_changes("") == {}
+
+
+def test_a_hub_that_exits_is_a_result_with_its_reason_not_an_abort() -> None:
+    """Stock z2jh at 3,000 users (2026-12-07): JupyterHub exits at its consecutive failure
+    limit. The table shows it, and what could not be measured afterwards is NaN."""
+    hub_log = (
+        "[W 2026-12-07 00:40:07.942 JupyterHub base:1213] 4 consecutive spawns failed.\n"
+        "[C 2026-12-07 00:40:07.949 JupyterHub base:1220] Aborting due to 5 consecutive "
+        "spawn failures\n"
+        "[C 2026-12-07 00:40:07.951 JupyterHub base:1220] Aborting due to 6 consecutive "
+        "spawn failures\n"
+    )
+    why = exit_reason(1, 930.0, hub_log)
+    assert why == "exited with code 1 after 15.5 min: Aborting due to 5 consecutive spawn failures"
+    assert exit_reason(-9, 60.0, "[I nothing]").endswith("no critical line in its log")
+
+    stock = dataclasses.replace(result(failed=3), exited=why, steady=None, stopping=None)
+    table = rows(EVENT, stock, result())
+    met = measures(table)
+    exits = "hub process exits (JupyterHub's consecutive failure limit) (goal 0: met)"
+    assert met[exits] == (1, 0)
+    assert math.isnan(met["servers stopped as culled: seconds to stop them all"][0])
+    assert math.isnan(met["steady state, 7+ servers running: hub requests per minute"][0])
+    assert "hub process exits" not in " ".join(r.measure for r in missed_goals(table))
+    missed = measures(rows(EVENT, stock, stock))
+    assert "hub process exits (JupyterHub's consecutive failure limit) (goal 0: MISSED)" in missed
+    assert "exited with code 1 after 15.5 min" in summary(stock)

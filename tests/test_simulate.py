@@ -240,6 +240,34 @@ c.SimulatedSpawner.start_failure_rate = 1.0
 
 
 @pytest.mark.hub
+async def test_giving_up_counts_every_user_still_trying_or_yet_to_arrive() -> None:
+    """A benchmark whose hub exited stops its users there: the one waiting for its server
+    and the two who arrive later are each counted without a server, for that reason, at
+    once instead of after their patience."""
+    config = """
+c.SimulatedSpawner.start_delay = 30
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0.2}
+"""
+    async with running_hub(config) as hub:
+        plan = SimulationPlan(users=3, user_prefix="abandoned-", arrival=Arrival.RAMP,
+                              ramp_seconds=4.0, timeout=300)
+        simulation = Simulation(hub.url, hub.token, plan, api_url=hub.api_url)
+        running = asyncio.ensure_future(simulation.run())
+        for _ in range(600):  # until the first is trying and the rest are yet to come
+            if simulation.progress().elapsed >= 0.5:
+                break
+            await asyncio.sleep(0.05)
+        simulation.give_up("hub_exited")
+        report = await asyncio.wait_for(running, 30)
+        assert report.ready == 0
+        assert report.failures == {"hub_exited": 3}
+        assert [o.detail for o in simulation.outcomes] == [
+            "the run gave up"] + ["the run gave up before this user arrived"] * 2
+        with pytest.raises(ValueError, match="not one of"):
+            simulation.give_up("bored")
+
+
+@pytest.mark.hub
 async def test_a_server_slower_than_the_users_patience_is_a_timeout() -> None:
     config = """
 c.SimulatedSpawner.start_delay = 20

@@ -31,6 +31,7 @@ FAILURE_REASONS = (
     "timeout",  # not ready within the user's time limit
     "hub_error",  # any other error answer from the hub
     "unreachable",  # no answer at all (connection refused or reset, request timeout)
+    "hub_exited",  # still trying when the hub process exited (a benchmark stops there)
 )
 
 #: JupyterHub's handler serving /hub/metrics: its own requests are not part of a run.

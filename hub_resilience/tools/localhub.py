@@ -8,6 +8,7 @@ and its guarantees are in docs/benchmarks.md ("The local hub").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -100,6 +101,21 @@ async def terminate(proc: asyncio.subprocess.Process | None, timeout: float = 15
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """This user's processes whose environment sets ``name`` to ``value`` (a trailing
+    slash aside): a hub's services carry its JUPYTERHUB_API_URL."""
+    wanted = f"{name}={value.rstrip('/')}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = environ.read_bytes().split(b"\0")
+        except OSError:  # another user's, or gone
+            continue
+        if any(v.rstrip(b"/") == wanted for v in variables):
+            found.append(int(environ.parent.name))
+    return found
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -241,6 +257,12 @@ class LocalHub:
         return None if self._hub is None else self._hub.pid
 
     @property
+    def hub_exit_code(self) -> int | None:
+        """The hub process's exit code once it has exited by itself (as JupyterHub does at
+        its consecutive_failure_limit), None while it runs."""
+        return None if self._hub is None else self._hub.returncode
+
+    @property
     def proxy_pid(self) -> int | None:
         return None if self._proxy is None else self._proxy.pid
 
@@ -333,9 +355,15 @@ class LocalHub:
         await self._start_proxy()
 
     async def stop(self) -> None:
-        """Stop the hub, then the proxy (idempotent)."""
+        """Stop the hub, then the proxy (idempotent); after a hub that exited by itself,
+        also the services it started, which JupyterHub then leaves running."""
+        exited = self.hub_exit_code is not None
         await terminate(self._hub)
         await terminate(self._proxy)
+        if exited:
+            for pid in processes_with_env("JUPYTERHUB_API_URL", self.api_url):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
 
 HubT = TypeVar("HubT", bound=LocalHub)

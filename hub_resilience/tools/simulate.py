@@ -41,6 +41,7 @@ from hub_resilience.tools.chart import (
     draw,
 )
 from hub_resilience.tools.loadreport import (
+    FAILURE_REASONS,
     Arrival,
     HubLoad,
     HubScrape,
@@ -297,6 +298,8 @@ class Simulation:
         self._last_outcome_at = 0.0
         self._arrived = 0
         self._starting: dict[str, HubClient] = {}  # users whose start is under way
+        self._attempts: dict[str, asyncio.Future[Any]] = {}  # their start, to give up
+        self._given_up: str | None = None
         #: The run over time, recorded when a label was given (``--chart``).
         self.timeline: Timeline | None = None if timeline is None else Timeline(timeline)
         self._first_reading: HubScrape | None = None
@@ -337,6 +340,23 @@ class Simulation:
             int(_absorbed() - self._absorbed_base), elapsed, self._ready - self._left,
             self._refused(), loop_p99, k8s_throttled,
         )
+
+    @property
+    def last_reading(self) -> HubScrape | None:
+        """The hub's metrics as last read during the run (with a timeline): what a hub
+        that has since exited had served until then."""
+        return self._last_reading
+
+    def give_up(self, reason: str) -> None:
+        """Users still trying to get a server stop now, and those yet to arrive do not
+        try: each is counted without a server for ``reason`` (one of FAILURE_REASONS). A
+        benchmark whose hub exited ends its arrival there instead of waiting out every
+        user's patience against a hub that is gone."""
+        if reason not in FAILURE_REASONS:
+            raise ValueError(f"{reason!r} is not one of {FAILURE_REASONS}")
+        self._given_up = reason
+        for attempt in self._attempts.values():
+            attempt.cancel()
 
     def _refused(self) -> int:
         return sum(1 for c in self._starting.values() if c.paused_for > 0)
@@ -457,27 +477,11 @@ class Simulation:
         arrived = time.monotonic()
         arrived_at = arrived - self._started_at
         self._arrived += 1
-        failure, detail = None, ""
-        async with self._user_client() as client:
-            self._starting[name] = client
-            try:
-                await client.start_server_and_wait(
-                    name, timeout=self.plan.timeout, poll_interval=0.5
-                )
-            except SpawnFailedError as e:
-                failure, detail = "spawn_failed", str(e)
-            except HubUnavailableError as e:
-                # The hub holds a spawn request up to its slow_spawn_timeout: a request cut
-                # short by the user's own time limit is a timeout, not an unreachable hub.
-                out_of_time = time.monotonic() - arrived >= self.plan.timeout * 0.99
-                failure, detail = ("timeout" if out_of_time else "unreachable"), str(e)
-            except HubAPIError as e:
-                failure = "refused" if e.status in (429, 503) else "hub_error"
-                detail = str(e)
-            except TimeoutError as e:
-                failure, detail = "timeout", str(e)
-            finally:
-                del self._starting[name]
+        failure: str | None
+        if self._given_up is not None:
+            failure, detail = self._given_up, "the run gave up before this user arrived"
+        else:
+            failure, detail = await self._get_a_server(name, arrived)
         now = time.monotonic()
         self._last_outcome_at = max(self._last_outcome_at, now)
         if failure is not None:
@@ -494,6 +498,37 @@ class Simulation:
         finally:
             self._left += 1
         return outcome
+
+    async def _get_a_server(self, name: str, arrived: float) -> tuple[str | None, str]:
+        """Start the user's server and wait until it is ready: (None, "") or why not, one
+        of FAILURE_REASONS and the error."""
+        async with self._user_client() as client:
+            self._starting[name] = client
+            attempt = asyncio.ensure_future(
+                client.start_server_and_wait(name, timeout=self.plan.timeout, poll_interval=0.5)
+            )
+            self._attempts[name] = attempt
+            try:
+                await attempt
+            except asyncio.CancelledError:
+                if self._given_up is None or not attempt.cancelled():
+                    raise  # the run itself was cancelled
+                return self._given_up, "the run gave up"
+            except SpawnFailedError as e:
+                return "spawn_failed", str(e)
+            except HubUnavailableError as e:
+                # The hub holds a spawn request up to its slow_spawn_timeout: a request cut
+                # short by the user's own time limit is a timeout, not an unreachable hub.
+                out_of_time = time.monotonic() - arrived >= self.plan.timeout * 0.99
+                return ("timeout" if out_of_time else "unreachable"), str(e)
+            except HubAPIError as e:
+                return ("refused" if e.status in (429, 503) else "hub_error"), str(e)
+            except TimeoutError as e:
+                return "timeout", str(e)
+            finally:
+                del self._starting[name]
+                del self._attempts[name]
+        return None, ""
 
     async def _hold(self, client: HubClient, name: str) -> None:
         """Keep the server until the user is done (``hold`` seconds, or until ``release``
