@@ -153,8 +153,8 @@ def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the
         SpawnTracker(),
     )
     assert settings["concurrent_spawn_limit"] == state.limit == 4
-    # No spawn has finished yet: the new one is expected in as long again as it has run, at
-    # least a second, so the range is the lowest the governor tells (not 30 s).
+    # No spawn has finished yet: the new one is expected in half as long again as it has
+    # run, at least a second, so the range is the lowest the governor tells (not 30 s).
     assert settings["spawn_throttle_retry_range"] == retry_after_range(1.0) == (5, 6)
 
 

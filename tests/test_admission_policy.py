@@ -424,11 +424,12 @@ def test_slot_wait_without_pending_spawns_is_what_a_new_spawn_takes() -> None:
 
 def test_slot_wait_without_history_takes_each_pending_spawn_as_overdue() -> None:
     """The first burst on a fresh hub: nothing has finished, so the pending spawns are
-    expected in as long again as they have run (at least a second), not in ``default``."""
-    assert expected_slot_wait([5.0], []) == 5.0
+    expected in half as long again as they have run (at least a second), not in
+    ``default``."""
+    assert expected_slot_wait([5.0], []) == 2.5
     assert expected_slot_wait([0.3], [], default=12.5) == 1.0
-    assert expected_slot_wait([20.0, 8.0], [], waiting_ages=[40.0, 3.0]) == 8.0
-    assert expected_slot_wait([], [], waiting_ages=[40.0, 3.0]) == 40.0
+    assert expected_slot_wait([20.0, 8.0], [], waiting_ages=[40.0, 3.0]) == 4.0
+    assert expected_slot_wait([], [], waiting_ages=[40.0, 3.0]) == 20.0
 
 
 def test_slot_wait_during_a_scale_up() -> None:
@@ -437,13 +438,14 @@ def test_slot_wait_during_a_scale_up() -> None:
 
 def test_slot_wait_for_overdue_spawns() -> None:
     """A spawn that outlived every recent one (waiting for nodes that take longer than the
-    last scale-up) is expected to last as long again."""
-    assert expected_slot_wait([400.0], [300.0] * 10) == pytest.approx(400.0)
-    assert expected_slot_wait([0.5], [0.2]) == pytest.approx(1.0)  # max(0.5, 1.0)
+    last scale-up) is expected to last half as long again: a scale-up ends, and a user told
+    too early costs a 429 where one told too late leaves the slot idle."""
+    assert expected_slot_wait([400.0], [300.0] * 10) == pytest.approx(200.0)
+    assert expected_slot_wait([0.5], [0.2]) == pytest.approx(1.0)  # max(0.25, 1.0)
     # A young spawn in a slow queue is expected before the straggler.
-    assert expected_slot_wait([400.0, 10.0], [300.0] * 10) == pytest.approx(290.0)
+    assert expected_slot_wait([700.0, 10.0], [300.0] * 10) == pytest.approx(290.0)
     # The first scale-up of an event: every pending spawn outlived the quick ones before it.
-    assert expected_slot_wait([60.0, 70.0], [20.0, 30.0, 35.0]) == pytest.approx(60.0)
+    assert expected_slot_wait([60.0, 70.0], [20.0, 30.0, 35.0]) == pytest.approx(30.0)
 
 
 def test_slot_wait_uses_the_median_of_longer_durations_only() -> None:
@@ -462,7 +464,7 @@ def test_slot_wait_for_pods_waiting_for_a_node_counts_the_oldest_only() -> None:
     gets the next node. A young waiting pod is not about to finish because quick spawns
     were quick: during the first scale-up of an event it would say "seconds" for minutes."""
     quick = [20.0, 30.0, 35.0]
-    assert expected_slot_wait([], quick, waiting_ages=[5.0, 80.0, 2.0]) == pytest.approx(80.0)
+    assert expected_slot_wait([], quick, waiting_ages=[5.0, 80.0, 2.0]) == pytest.approx(40.0)
     assert expected_slot_wait([5.0, 80.0, 2.0], quick) == pytest.approx(25.0)  # had they a node
     # A pod that has its node is still next when it is expected first.
     assert expected_slot_wait([10.0], quick, waiting_ages=[80.0]) == pytest.approx(20.0)

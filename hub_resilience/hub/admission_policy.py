@@ -21,9 +21,11 @@ from hub_resilience.labels import LabelEnum
 #: Tolerance for float products meant to be whole (``0.7 * 90`` is ``62.99999999999999``).
 _EPSILON = 1e-9
 #: A spawn that has outlived every recent spawn is expected to last this share of its age
-#: again: waits for a scale-up are long-tailed, and the doubling rule (as long again as it
-#: has lasted) is the estimate that knows nothing else.
-_OVERDUE_SHARE = 1.0
+#: again (the first scale-up of an event: nothing says how long nodes take). Half, not as
+#: long again: a scale-up ends, so "as long again" told the last users of one to come back
+#: when its node had long arrived (2.8-4.2 times the wait, 2026-12-02), leaving its slots
+#: idle; one told too early costs a 429, which the hub answers cheaply.
+_OVERDUE_SHARE = 0.5
 _OVERDUE_MIN = 1.0
 #: Failure shares from fewer finished spawns are noise.
 _MIN_FINISHED = 3
@@ -345,12 +347,13 @@ def expected_slot_wait(
     ``recent_durations``: how long recently finished spawns took (ready or failed), scale-up
     waits included. A spawn of age ``a`` is one of the slow ones, so its remaining time is
     the median of the recent durations longer than ``a``, minus ``a``; one that has outlived
-    them all is overdue and expected in ``max(a, 1.0)`` (as long again). Pods waiting for a
-    node are placed first come first served, so of those only the oldest can be next. The
+    them all is overdue and expected in ``max(a / 2, 1.0)`` (half as long again). Pods
+    waiting for a node are placed first come first served, so of those only the oldest can
+    be next. The
     answer is the minimum over the spawns that can be next; with none pending, what a spawn
     starting now takes (the median of the recent durations), or ``default`` with no history.
     With spawns pending but none finished yet (a hub just started, the first burst), each is
-    taken as overdue: the refused are told "as long again" and come back sooner each time
+    taken as overdue: the refused are told "half as long again" and come back each time
     their spawns outlive it, instead of a fixed ``default`` that makes them wait half a
     minute for spawns of seconds. ValueError for negative or non-finite values.
     """
