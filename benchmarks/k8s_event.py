@@ -345,14 +345,18 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             steady_window: Measured | None = None
             try:
                 arrived = await everyone_arrived(simulation, running, hub)
-                if hub.hub_exit_code is None:
+                hub_ran = hub.hub_exit_code is None  # through the arrival
+                if hub_ran:
                     arrival_cpu = hub_cpu_seconds(hub) - cpu
                     arrival = hub_load(start, await scrape(hub))
                     _, steady_window = await measure(hub, lambda: asyncio.sleep(steady))
                 else:  # what it served until its last reading, by its own count
                     last = simulation.last_reading or start
                     arrival = hub_load(start, last)
-                    arrival_cpu = (last.cpu_seconds or math.nan) - (start.cpu_seconds or 0)
+                    arrival_cpu = (
+                        math.nan if last.cpu_seconds is None or start.cpu_seconds is None
+                        else last.cpu_seconds - start.cpu_seconds
+                    )
                 pods = await asyncio.to_thread(user_pods, cluster)
             finally:
                 release.set()
@@ -365,7 +369,7 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             names = [o.name for o in simulation.outcomes if o.ready_after is not None]
             tabs: dict[str, int] = {}
             stopping: Measured | None = None
-            if hub.hub_exit_code is None:
+            if hub_ran:
                 tabs, stopping = await measure(
                     hub, lambda: stop_as_culled(hub, names, hub.url, hub.token)
                 )
@@ -495,6 +499,7 @@ def rows(event: Crowd, stock: Result, ours: Result) -> list[Row]:
             comparison, f"{running}: {label}",
             per_minute(stock)[index], per_minute(ours)[index], "lower", 1,
         ))
+
     def stopping(result: Result, measure: Callable[[Measured], float]) -> float:
         return nan if result.stopping is None else measure(result.stopping)
 

@@ -349,13 +349,13 @@ def expected_slot_wait(
     the median of the recent durations longer than ``a``, minus ``a``; one that has outlived
     them all is overdue and expected in ``max(a / 2, 1.0)`` (half as long again). Pods
     waiting for a node are placed first come first served, so of those only the oldest can
-    be next. The
-    answer is the minimum over the spawns that can be next; with none pending, what a spawn
-    starting now takes (the median of the recent durations), or ``default`` with no history.
-    With spawns pending but none finished yet (a hub just started, the first burst), each is
-    taken as overdue: the refused are told "half as long again" and come back each time
-    their spawns outlive it, instead of a fixed ``default`` that makes them wait half a
-    minute for spawns of seconds. ValueError for negative or non-finite values.
+    be next. The answer is the minimum over the spawns that can be next; with none pending,
+    what a spawn starting now takes (the median of the recent durations), or ``default``
+    with no history. With spawns pending but none finished yet (a hub just started, the
+    first burst), each is taken as overdue: the refused are told "half as long again" and
+    come back each time their spawns outlive it, instead of a fixed ``default`` that makes
+    them wait half a minute for spawns of seconds. ValueError for negative or non-finite
+    values.
     """
     _check_seconds("pending_ages", pending_ages)
     _check_seconds("waiting_ages", waiting_ages)

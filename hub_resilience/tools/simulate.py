@@ -297,8 +297,8 @@ class Simulation:
         self._started_at = 0.0
         self._last_outcome_at = 0.0
         self._arrived = 0
-        self._starting: dict[str, HubClient] = {}  # users whose start is under way
-        self._attempts: dict[str, asyncio.Future[Any]] = {}  # their start, to give up
+        #: Users whose start is under way: their client and the attempt (to give up).
+        self._starting: dict[str, tuple[HubClient, asyncio.Future[Any]]] = {}
         self._given_up: str | None = None
         #: The run over time, recorded when a label was given (``--chart``).
         self.timeline: Timeline | None = None if timeline is None else Timeline(timeline)
@@ -355,11 +355,11 @@ class Simulation:
         if reason not in FAILURE_REASONS:
             raise ValueError(f"{reason!r} is not one of {FAILURE_REASONS}")
         self._given_up = reason
-        for attempt in self._attempts.values():
+        for _, attempt in self._starting.values():
             attempt.cancel()
 
     def _refused(self) -> int:
-        return sum(1 for c in self._starting.values() if c.paused_for > 0)
+        return sum(1 for c, _ in self._starting.values() if c.paused_for > 0)
 
     def _setup_client(self, concurrency: int = 10) -> HubClient:
         return HubClient(
@@ -503,11 +503,10 @@ class Simulation:
         """Start the user's server and wait until it is ready: (None, "") or why not, one
         of FAILURE_REASONS and the error."""
         async with self._user_client() as client:
-            self._starting[name] = client
             attempt = asyncio.ensure_future(
                 client.start_server_and_wait(name, timeout=self.plan.timeout, poll_interval=0.5)
             )
-            self._attempts[name] = attempt
+            self._starting[name] = client, attempt
             try:
                 await attempt
             except asyncio.CancelledError:
@@ -527,7 +526,6 @@ class Simulation:
                 return "timeout", str(e)
             finally:
                 del self._starting[name]
-                del self._attempts[name]
         return None, ""
 
     async def _hold(self, client: HubClient, name: str) -> None:
