@@ -16,11 +16,12 @@ import math
 import os
 import re
 import tempfile
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient
 
@@ -266,6 +267,23 @@ async def everyone_arrived(simulation: Simulation, running: asyncio.Future[Any],
     return simulation.progress().elapsed
 
 
+T = TypeVar("T")
+
+
+async def measure_unless_exited(hub: Any, work: Callable[[], Awaitable[T]]
+                                ) -> tuple[T, Measured] | None:
+    """``measure`` around ``work``, or None when the hub process exits meanwhile: JupyterHub
+    can reach its consecutive failure limit after the arrival too, and that is a result to
+    report, not a reason to abort the benchmark. Any other failure is raised."""
+    try:
+        return await measure(hub, work)
+    except Exception:
+        if hub.hub_exit_code is None:
+            raise
+        log(f"k8s event: the hub exited (code {hub.hub_exit_code}) during a measurement")
+        return None
+
+
 #: JupyterHub's critical log line when it exits at its consecutive_failure_limit.
 HUB_ABORT = re.compile(r"^\[C [^\]]*\] (.*)$", re.MULTILINE)
 
@@ -345,11 +363,13 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             steady_window: Measured | None = None
             try:
                 arrived = await everyone_arrived(simulation, running, hub)
+                arrival_ended = time.monotonic()
                 hub_ran = hub.hub_exit_code is None  # through the arrival
                 if hub_ran:
                     arrival_cpu = hub_cpu_seconds(hub) - cpu
                     arrival = hub_load(start, await scrape(hub))
-                    _, steady_window = await measure(hub, lambda: asyncio.sleep(steady))
+                    measured = await measure_unless_exited(hub, lambda: asyncio.sleep(steady))
+                    steady_window = None if measured is None else measured[1]
                 else:  # what it served until its last reading, by its own count
                     last = simulation.last_reading or start
                     arrival = hub_load(start, last)
@@ -369,13 +389,17 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
             names = [o.name for o in simulation.outcomes if o.ready_after is not None]
             tabs: dict[str, int] = {}
             stopping: Measured | None = None
-            if hub_ran:
-                tabs, stopping = await measure(
+            if hub.hub_exit_code is None:
+                measured_stop = await measure_unless_exited(
                     hub, lambda: stop_as_culled(hub, names, hub.url, hub.token)
                 )
+                if measured_stop is not None:
+                    tabs, stopping = measured_stop
             hub_log = hub.log_text()
             exit_code = hub.hub_exit_code
-            exited = None if exit_code is None else exit_reason(exit_code, arrived, hub_log)
+            # An exit after the arrival is seen when a measurement fails: about then.
+            exit_after = arrived if not hub_ran else arrived + time.monotonic() - arrival_ended
+            exited = None if exit_code is None else exit_reason(exit_code, exit_after, hub_log)
             errors = sum("[E " in line for line in hub_log.splitlines())
             rss = peak_rss_mib(hub.hub_pid)
             kept = kept_log(event, stack)

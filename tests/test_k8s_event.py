@@ -6,6 +6,7 @@ import dataclasses
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from kubernetes.client import V1Container, V1EnvVar, V1ObjectMeta, V1Pod, V1PodSpec
@@ -21,6 +22,7 @@ from benchmarks.k8s_event import (
     exit_reason,
     governor_changes,
     handler_kinds,
+    measure_unless_exited,
     missed_goals,
     pod_activity_interval,
     rows,
@@ -28,6 +30,7 @@ from benchmarks.k8s_event import (
 )
 from hub_resilience.hub.activity import tune_activity
 from hub_resilience.tools.loadreport import Arrival, HubLoad, LoadReport
+from hub_resilience.tools.localhub import unused_port
 from tests.z2jh_hub import load_config
 
 EVENT = Crowd("3,000 users over 15 minutes", 3000, Arrival.RAMP, 900.0)
@@ -191,3 +194,23 @@ def test_a_hub_that_exits_is_a_result_with_its_reason_not_an_abort() -> None:
     missed = measures(rows(EVENT, stock, stock))
     assert "hub process exits (JupyterHub's consecutive failure limit) (goal 0: MISSED)" in missed
     assert "exited with code 1 after 15.5 min" in summary(stock)
+
+
+async def test_a_hub_that_exits_during_a_measurement_ends_it_and_any_other_failure_is_raised(
+) -> None:
+    """A stand-in for a hub whose process has exited (nothing listens on its port; the real
+    exit was seen on a real hub at 3,000 users): the measurement after the arrival ends
+    without a figure instead of aborting the benchmark; a hub still running whose metrics
+    cannot be read is an error, raised."""
+    hub = SimpleNamespace(api_url=f"http://127.0.0.1:{unused_port()}/hub/api", token="t",
+                          hub_exit_code=1)
+    ran = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    assert await measure_unless_exited(hub, work) is None
+    hub.hub_exit_code = None
+    with pytest.raises(OSError):
+        await measure_unless_exited(hub, work)
+    assert ran == []
