@@ -544,30 +544,56 @@ def test_retry_range_errors_name_the_argument(
 
 def test_turn_window_runs_from_the_next_slot_to_the_queue_drained() -> None:
     # 100 users refused within the last Retry-After; 2 slots free per second.
-    assert expected_turn_window(1.0, waiting=100, slots_per_second=2.0) == (1.0, 50.0)
+    assert expected_turn_window(1.0, waiting=100, slots_per_second=2.0, pending=64) == (1.0, 50.0)
 
 
 def test_turn_window_ends_within_half_again_the_slot_wait_or_a_minute() -> None:
     """Telling the last of a long queue to stay away for minutes leaves slots idle whenever
     the queue drains faster than it did (a node arrives): the window ends no later than
     JupyterHub's own 60 s, or half as long again as the wait for the next slot."""
-    assert expected_turn_window(1.0, waiting=180, slots_per_second=2.0) == (1.0, 60.0)
-    assert expected_turn_window(100.0, waiting=300, slots_per_second=0.1) == (100.0, 150.0)
-    assert expected_turn_window(30.0, waiting=300, slots_per_second=1.0) == (30.0, 60.0)
+    assert expected_turn_window(1.0, waiting=180, slots_per_second=2.0, pending=64) == (1.0, 60.0)
+    assert expected_turn_window(100.0, waiting=300, slots_per_second=0.1, pending=64) == (
+        100.0, 150.0)
+    assert expected_turn_window(30.0, waiting=300, slots_per_second=1.0, pending=64) == (30.0, 60.0)
 
 
 def test_turn_window_is_never_earlier_than_the_wait_for_a_slot() -> None:
     # A scale-up: no slot frees for two minutes, whatever the queue.
-    assert expected_turn_window(120.0, waiting=30, slots_per_second=0.5) == (120.0, 120.0)
-    # Nobody refused, or nothing finishing: the slot wait alone.
-    assert expected_turn_window(8.0, waiting=0, slots_per_second=2.0) == (8.0, 8.0)
-    assert expected_turn_window(8.0, waiting=300, slots_per_second=0.0) == (8.0, 8.0)
+    assert expected_turn_window(120.0, waiting=30, slots_per_second=0.5, pending=64) == (
+        120.0, 120.0)
+    # Nobody refused, or nothing pending nor finishing: the slot wait alone.
+    assert expected_turn_window(8.0, waiting=0, slots_per_second=2.0, pending=64) == (8.0, 8.0)
+    assert expected_turn_window(8.0, waiting=300, slots_per_second=0.0, pending=0) == (8.0, 8.0)
+    assert expected_turn_window(0.0, waiting=300, slots_per_second=0.0, pending=64) == (0.0, 0.0)
+
+
+def test_with_no_spawn_ended_lately_the_queue_drains_as_the_pending_spawns_end() -> None:
+    """A hub's first burst (2026-12-07, 500 at once, limit 64): no spawn had ended, the
+    window was the slot wait alone, and the 436 refused came back together every 5-9 s
+    (959 429s before the first spawn ended, 23 s in). Taken as all 64 pending ending about
+    when the first does, 436 drain in 436 / (64 / 5 s) = 34 s: the queue comes back over
+    that, not at once."""
+    soonest, latest = expected_turn_window(5.0, waiting=436, slots_per_second=0.0, pending=64)
+    assert (soonest, latest) == (5.0, pytest.approx(34.0625))
+    # During a scale-up (200 admitted, none ending for minutes), 400 waiting: twice the slot
+    # wait, cut to half as long again.
+    assert expected_turn_window(80.0, waiting=400, slots_per_second=0.0, pending=200) == (
+        80.0, 120.0)
+    # A measured rate, however low, is evidence and is used as it is.
+    assert expected_turn_window(80.0, waiting=4, slots_per_second=0.1, pending=200) == (
+        80.0, 80.0)
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
 def test_turn_window_refuses_bad_values(bad: float) -> None:
     with pytest.raises(ValueError, match="slots_per_second"):
-        expected_turn_window(1.0, waiting=1.0, slots_per_second=bad)
+        expected_turn_window(1.0, waiting=1.0, slots_per_second=bad, pending=1)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, math.nan, True])
+def test_turn_window_refuses_a_pending_count_that_is_not_one(bad: object) -> None:
+    with pytest.raises(ValueError, match="pending"):
+        expected_turn_window(1.0, waiting=1.0, slots_per_second=1.0, pending=bad)  # type: ignore[arg-type]
 
 
 def test_retry_range_spreads_a_queue_over_its_window() -> None:

@@ -395,6 +395,7 @@ class AdmissionGovernor(LoggingConfigurable):
             slot_wait,
             waiting=self._refused.within(now, told[1]),  # each retried within what it was told
             slots_per_second=tracker.slots_per_second(now),
+            pending=len(pending),
         )
         retry_range = retry_after_range(
             soonest, latest=latest, low=self.retry_after_min, high=self.retry_after_max

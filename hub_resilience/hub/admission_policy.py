@@ -386,7 +386,7 @@ TURN_HORIZON = 60.0
 
 
 def expected_turn_window(
-    slot_wait: float, *, waiting: float, slots_per_second: float
+    slot_wait: float, *, waiting: float, slots_per_second: float, pending: int
 ) -> tuple[float, float]:
     """(soonest, latest) seconds until a refused user's turn, not just until the next slot.
 
@@ -395,21 +395,30 @@ def expected_turn_window(
     arrival once too). The queue drains at ``slots_per_second`` (spawns ending per second):
     the first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once
     all of it has drained, ``waiting / slots_per_second``, but never later than
-    ``max(TURN_STRETCH * slot_wait, TURN_HORIZON)``. Spreading the waiting users'
-    Retry-After over that window brings them back a few at a time while slots free often,
-    instead of all at once; during a scale-up (no slot frees for long) it stays close to the
-    wait for the node. Clients that ignore Retry-After only make the queue look longer.
-    ValueError for negative or non-finite values.
+    ``max(TURN_STRETCH * slot_wait, TURN_HORIZON)``. With no spawn ended lately (a hub's
+    first burst, a scale-up) the rate is taken as the ``pending`` spawns all ending about
+    when the first does, ``pending / slot_wait``: as fast as the queue could drain, so the
+    window is no later than needed, where the slot wait alone brought the whole queue back
+    at once, to be refused again (a burst of 500 on 2026-12-07: 959 of its 1,594 429s came
+    in the 23 s before the first spawn ended, the refused told 5-9 s each time). Spreading
+    the waiting users' Retry-After over the window brings them back a few at a time.
+    Clients that ignore Retry-After only make the queue look longer. ValueError for
+    negative or non-finite values.
     """
     values = {"slot_wait": slot_wait, "waiting": waiting, "slots_per_second": slots_per_second}
     for name, value in values.items():
         if not _is_seconds(value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not _is_count(pending):
+        raise ValueError(f"pending must be a whole number >= 0, got {pending!r}")
     slot_wait = float(slot_wait)
-    if slots_per_second <= 0:
+    rate = float(slots_per_second)
+    if rate <= 0 and slot_wait > 0:
+        rate = pending / slot_wait
+    if rate <= 0:
         return slot_wait, slot_wait
     cap = max(TURN_STRETCH * slot_wait, TURN_HORIZON)
-    return slot_wait, float(max(slot_wait, min(cap, waiting / slots_per_second)))
+    return slot_wait, float(max(slot_wait, min(cap, waiting / rate)))
 
 
 def _round(value: float) -> int:
