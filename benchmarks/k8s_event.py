@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient
 
@@ -29,6 +29,7 @@ from benchmarks.admission import Crowd, Outcome
 from benchmarks.common import (
     Measured,
     Row,
+    T,
     admin_client,
     gather_limited,
     hub_cpu_seconds,
@@ -265,9 +266,6 @@ async def everyone_arrived(simulation: Simulation, running: asyncio.Future[Any],
             return progress.elapsed
         await asyncio.sleep(1.0)
     return simulation.progress().elapsed
-
-
-T = TypeVar("T")
 
 
 async def measure_unless_exited(hub: Any, work: Callable[[], Awaitable[T]]

@@ -21,10 +21,8 @@ from hub_resilience.labels import LabelEnum
 #: Tolerance for float products meant to be whole (``0.7 * 90`` is ``62.99999999999999``).
 _EPSILON = 1e-9
 #: A spawn that has outlived every recent spawn is expected to last this share of its age
-#: again (the first scale-up of an event: nothing says how long nodes take). Half, not as
-#: long again: a scale-up ends, so "as long again" told the last users of one to come back
-#: when its node had long arrived (2.8-4.2 times the wait, 2026-12-02), leaving its slots
-#: idle; one told too early costs a 429, which the hub answers cheaply.
+#: again. Half, not as long again: a scale-up ends, and a user told too early costs one 429
+#: where one told too late leaves a slot idle (docs/admission.md has the measurements).
 _OVERDUE_SHARE = 0.5
 _OVERDUE_MIN = 1.0
 #: Failure shares from fewer finished spawns are noise.
@@ -399,11 +397,10 @@ def expected_turn_window(
     first burst, a scale-up) the rate is taken as the ``pending`` spawns all ending about
     when the first does, ``pending / slot_wait``: as fast as the queue could drain, so the
     window is no later than needed, where the slot wait alone brought the whole queue back
-    at once, to be refused again (a burst of 500 on 2026-12-07: 959 of its 1,594 429s came
-    in the 23 s before the first spawn ended, the refused told 5-9 s each time). Spreading
-    the waiting users' Retry-After over the window brings them back a few at a time.
-    Clients that ignore Retry-After only make the queue look longer. ValueError for
-    negative or non-finite values.
+    at once, to be refused again (measured: docs/admission.md). Spreading the waiting
+    users' Retry-After over the window brings them back a few at a time. Clients that
+    ignore Retry-After only make the queue look longer. ValueError for negative or
+    non-finite values.
     """
     values = {"slot_wait": slot_wait, "waiting": waiting, "slots_per_second": slots_per_second}
     for name, value in values.items():
