@@ -532,25 +532,36 @@ class Simulation:
         """Keep the server until the user is done (``hold`` seconds, or until ``release``
         is set), posting activity as a server would, with the user's tab polling it."""
         plan = self.plan
-        background = []
+        done = asyncio.Event()
+        activity = tab = None
         if plan.activity_interval:
-            background.append(asyncio.ensure_future(self._post_activity(client, name)))
+            activity = asyncio.ensure_future(self._post_activity(client, name, done))
         if plan.working_tab_interval:
-            background.append(asyncio.ensure_future(self._working_tab(name)))
+            tab = asyncio.ensure_future(self._working_tab(name))
+        background = [task for task in (activity, tab) if task is not None]
         try:
             if self._release is None:
                 await asyncio.sleep(plan.hold)
             else:
                 await self._release.wait()
-        finally:
+        except asyncio.CancelledError:
             for task in background:
                 task.cancel()
+            raise
+        finally:
+            done.set()  # activity finishes a post in flight (the hub counts it too)
+            if tab is not None:
+                tab.cancel()  # its requests go to the server, not to the hub
             await asyncio.gather(*background, return_exceptions=True)
 
-    async def _post_activity(self, client: HubClient, name: str) -> None:
-        """Post the server's activity every ``activity_interval`` (until cancelled)."""
+    async def _post_activity(self, client: HubClient, name: str, done: asyncio.Event) -> None:
+        """Post the server's activity every ``activity_interval`` until ``done`` is set. A
+        post in flight then is finished, not cancelled, so the posts counted are the ones
+        the hub handled."""
         # Servers started together do not report in step: the first report is spread out.
-        await asyncio.sleep(random.uniform(0, self.plan.activity_interval))
+        interval = self.plan.activity_interval
+        if await _set_within(done, random.uniform(0, interval)):
+            return
         while True:
             now = datetime.now(timezone.utc)
             try:
@@ -560,7 +571,8 @@ class Simulation:
                 self.log.info("Activity of %s not recorded: %s", name, e)
             else:
                 self._activity_posts += 1
-            await asyncio.sleep(self.plan.activity_interval)
+            if await _set_within(done, interval):
+                return
 
     async def _stop(self, client: HubClient, name: str) -> None:
         try:
@@ -797,3 +809,12 @@ def register(subparsers: Any) -> None:
     output.add_argument("--no-progress", action="store_true", help="no live progress bar")
     output.add_argument("--verbose", action="store_true", help="log every user's outcome")
     parser.set_defaults(func=run_from_args)
+
+
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Whether ``event`` is set within ``seconds``."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
