@@ -95,12 +95,26 @@ def test_the_request_window_summarises_and_starts_again_bounded() -> None:
     assert p90([float(i) for i in range(1, 11)]) == 9.0 and p90([]) is None
 
 
+def test_the_request_window_remembers_the_last_answer_across_drains() -> None:
+    window = RequestWindow()
+    before = time.monotonic()
+    window.add(3.0, False, answered=False)  # a timeout: no answer
+    assert not window.answered_since(before)
+    window.add(0.2, True)  # a 429 is an answer
+    window.drain()
+    assert window.answered_since(before)
+    assert not window.answered_since(time.monotonic() + 1)
+
+
 def test_capacity_and_profile_failures_do_not_count_toward_the_limit() -> None:
     counted = {o for o in SpawnOutcome if counts_toward_failure_limit(o)}
     assert SpawnOutcome.UNSCHEDULABLE not in counted
     assert SpawnOutcome.K8S_THROTTLED not in counted
     assert SpawnOutcome.QOS_REFUSED not in counted
     assert {SpawnOutcome.K8S_API_ERROR, SpawnOutcome.ERROR, SpawnOutcome.HTTP_TIMEOUT} <= counted
+    # An API server that answered other requests meanwhile was reachable: not counted.
+    answered = {o for o in SpawnOutcome if counts_toward_failure_limit(o, api_answered=True)}
+    assert answered == counted - {SpawnOutcome.K8S_API_ERROR}
     settings: dict[str, Any] = {}
     forgive_failure(settings)  # before JupyterHub's first +1: it ends at 0
     assert settings == {"failure_count": -1}

@@ -22,6 +22,7 @@ from tornado import web
 
 from hub_resilience.hub.k8s_requests import K8sRequestFailed
 from hub_resilience.hub.metrics import K8sOperation, K8sRetryReason
+from hub_resilience.hub.request_window import RequestWindow
 from hub_resilience.hub.spawner import SPAWN_ID_ANNOTATION, ResilientKubeSpawner, SpawnTiming
 from tests.test_spawn_failures import UNSCHEDULABLE_POD
 
@@ -364,9 +365,13 @@ async def test_capacity_failures_are_forgiven_by_the_failure_limit_api_failures_
     spawner, monkeypatch
 ) -> None:
     """JupyterHub adds each failed spawn to its consecutive count after the spawner raised;
-    an unschedulable pod is taken off it first, an unreachable API server is not."""
+    an unschedulable pod is taken off it first, an unreachable API server is not, unless it
+    answered other requests while the failed one was tried (it was reachable: the hub or the
+    API server was too busy, which a restart does not cure)."""
     settings = {"failure_count": 3}
+    requests = RequestWindow()
     monkeypatch.setattr("hub_resilience.hub.spawner.handler_settings", lambda: settings)
+    monkeypatch.setattr("hub_resilience.hub.spawner.RECENT_K8S_REQUESTS", requests)
     monkeypatch.setattr(ResilientKubeSpawner, "_current_pod", lambda self: UNSCHEDULABLE_POD)
     spawner._spawn_failed(TimeoutError())
     assert settings["failure_count"] == 2  # JupyterHub's +1 brings it back to 3
@@ -377,6 +382,19 @@ async def test_capacity_failures_are_forgiven_by_the_failure_limit_api_failures_
     )
     spawner._spawn_failed(unreachable)
     assert settings["failure_count"] == 2  # counted: JupyterHub's +1 makes it 3
+
+    requests.add(0.5, throttled=False)  # another spawner's request got its answer
+    timed_out = K8sRequestFailed(
+        K8sOperation.CREATE_POD, 5, 30.0, K8sRetryReason.TIMEOUT, TimeoutError(), 5
+    )
+    spawner._spawn_failed(timed_out)
+    assert settings["failure_count"] == 1  # forgiven: JupyterHub's +1 brings it back to 2
+    answered_before = K8sRequestFailed(
+        K8sOperation.CREATE_POD, 5, 30.0, K8sRetryReason.TIMEOUT, TimeoutError(), 5,
+        started=time.monotonic(),
+    )
+    spawner._spawn_failed(answered_before)
+    assert settings["failure_count"] == 1  # counted: no answer since it began
 
 
 def phase_count(phase: str, profile: str = "default") -> float:

@@ -34,8 +34,15 @@ NOT_CURED_BY_RESTART = frozenset(
 FAILURE_COUNT = "failure_count"
 
 
-def counts_toward_failure_limit(outcome: SpawnOutcome) -> bool:
-    """Whether a spawn that failed so may stop the hub at consecutive_failure_limit."""
+def counts_toward_failure_limit(outcome: SpawnOutcome, *, api_answered: bool = False) -> bool:
+    """Whether a spawn that failed so may stop the hub at consecutive_failure_limit.
+
+    ``api_answered``: the API server answered other requests while the failed one was being
+    tried. It was reachable then: the request's timeouts were load (the API server's, or the
+    hub's own event loop too busy to read the answers in time), which a restart does not
+    cure; the hub would come back to the same crowd."""
+    if outcome is SpawnOutcome.K8S_API_ERROR and api_answered:
+        return False
     return outcome not in NOT_CURED_BY_RESTART
 
 

@@ -92,6 +92,7 @@ class K8sRequestFailed(Exception):
         reason: K8sRetryReason,
         last_error: BaseException,
         retry_in: float,
+        started: float | None = None,
     ) -> None:
         self.operation = operation
         self.attempts = attempts
@@ -99,6 +100,8 @@ class K8sRequestFailed(Exception):
         self.reason = reason
         self.last_error = last_error
         self.retry_in = retry_in
+        #: time.monotonic() of the first attempt
+        self.started = time.monotonic() - elapsed if started is None else started
         super().__init__(
             f"Kubernetes API {operation} failed {attempts} times in {elapsed:.0f}s "
             f"(last: {describe_error(last_error)})"
@@ -210,7 +213,11 @@ class K8sRequester:
             seconds, code = time.monotonic() - started, result_code(error)
             K8S_API_REQUEST_SECONDS.labels(operation).observe(seconds)
             K8S_API_REQUESTS.labels(operation, code).inc()
-            RECENT_K8S_REQUESTS.add(seconds, throttled=code == "429")
+            RECENT_K8S_REQUESTS.add(
+                seconds,
+                throttled=code == "429",
+                answered=error is None or isinstance(error, ApiException),
+            )
             reason = None if error is None else retry_reason(error)
             if reason is not K8sRetryReason.THROTTLED:
                 self.throttled(None)
@@ -224,7 +231,7 @@ class K8sRequester:
                 failures += 1
             delay = self.policy.delay(attempts - 1, retry_after_of(error))
             elapsed = time.monotonic() - first
-            so_far = K8sRequestFailed(operation, attempts, elapsed, reason, error, delay)
+            so_far = K8sRequestFailed(operation, attempts, elapsed, reason, error, delay, first)
             if reason is K8sRetryReason.THROTTLED:
                 self.throttled(so_far)
             if not may_retry(

@@ -44,6 +44,7 @@ from hub_resilience.hub.metrics import (
     WatchStatus,
     register_hub_collectors,
 )
+from hub_resilience.hub.request_window import RECENT_K8S_REQUESTS
 from hub_resilience.hub.running_hub import handler_settings
 from hub_resilience.hub.spawn_failures import WatchDown
 from hub_resilience.hub.watches import (
@@ -669,7 +670,10 @@ class ResilientKubeSpawner(KubeSpawner):
         )
         self._record_outcome(failure.outcome)
         self._phases = []
-        if not counts_toward_failure_limit(failure.outcome):
+        api_answered = isinstance(error, K8sRequestFailed) and (
+            RECENT_K8S_REQUESTS.answered_since(error.started)
+        )
+        if not counts_toward_failure_limit(failure.outcome, api_answered=api_answered):
             settings = handler_settings()
             if settings is not None:
                 forgive_failure(settings)
