@@ -172,6 +172,44 @@ def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the
     assert settings["spawn_throttle_retry_range"] == retry_after_range(1.0) == (5, 6)
 
 
+class CrowdOfRefusals:
+    """Stands in for JupyterHub's refusal counter: 60 refused since each look, 1,500 within
+    any window asked about."""
+
+    def look(self, now: float) -> float:
+        return 60.0
+
+    def within(self, now: float, seconds: float) -> float:
+        return 1500.0
+
+
+def test_a_stall_from_refusals_holds_the_limit_and_tells_the_refused_a_later_turn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    governor = AdmissionGovernor()
+    governor._refused = CrowdOfRefusals()  # type: ignore[assignment]
+    policy = governor.policy_settings(4)
+    settings: dict[str, Any] = {"concurrent_spawn_limit": 4, "spawn_throttle_retry_range": (30, 60)}
+    spawns = {i: user(FakeSpawner("spawn", at(time.time() - 10))) for i in range(4)}
+    stalled = LoopLagProbe()
+    stalled._lags = [1.0]
+    caplog.set_level("INFO")
+    state = governor._decide(
+        settings, initial_state(policy), policy, spawns, RequestWindow(), stalled, SpawnTracker()
+    )
+    assert (state.limit, state.horizon) == (4, 120.0)
+    assert settings["concurrent_spawn_limit"] == 4
+    # 4 spawns of 10 s, none finished: the next slot in 5 s; 1,500 waiting drain in
+    # 1,875 s at 0.8 a second, told up to the horizon.
+    assert settings["spawn_throttle_retry_range"] == retry_after_range(5.0, latest=120.0)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "Admission governor: concurrent_spawn_limit held at 4, the refused told to come within "
+        "120s at latest (refusals: loop lag 1.00s"
+    )
+    assert line.endswith("(0 waiting for a node), 0/0 finished spawns failed, 60 refused)")
+
+
 def test_a_capacity_hold_is_logged_once_when_it_begins(caplog: pytest.LogCaptureFixture) -> None:
     """Holding is not a change, but an operator asking why the limit does not rise needs to
     see it: one line when most pending spawns start waiting for nodes, not one per interval.
@@ -191,7 +229,7 @@ def test_a_capacity_hold_is_logged_once_when_it_begins(caplog: pytest.LogCapture
     assert held == [
         "Admission governor: concurrent_spawn_limit held at 8 (capacity_wait: loop lag 0.00s, "
         "Kubernetes API p90 none with 0/0 throttled, 8 pending (8 waiting for a node), 0/0 "
-        "finished spawns failed)"
+        "finished spawns failed, 0 refused)"
     ]
     assert settings["concurrent_spawn_limit"] == 8
 

@@ -213,6 +213,29 @@ def test_loop_stall_cuts_then_cooldown_holds_then_cuts_again() -> None:
     assert again.state.limit == 30 and again.reason is R.LOOP_STALLED and again.changed
 
 
+def test_a_stall_while_refusals_outnumber_pending_spawns_holds_and_stretches_the_horizon() -> None:
+    """At 3,000 users each refused request costs the hub a pass over every user: a stall
+    with more refusals than spawns in flight is the retrying crowd's, so the limit is held
+    and the refused are told to stay away longer (doubling once per cooldown, up to 600 s);
+    calm halves it back to 60 s."""
+    state = AdmissionState(limit=24)
+    crowd = calm(24, loop_lag=1.0, refused=60)
+    first = next_state(state, crowd, DEFAULTS)
+    assert first.state == AdmissionState(limit=24, calm=0, cooldown=2, horizon=120.0)
+    assert first.reason is R.REFUSALS and not first.changed
+    decisions = run(first.state, [crowd] * 12, DEFAULTS)
+    assert [d.state.horizon for d in decisions] == [120, 120, 240, 240, 240, 480, 480, 480,
+                                                    600, 600, 600, 600]
+    assert {d.state.limit for d in decisions} == {24}
+    quiet = run(decisions[-1].state, [calm(FULL)] * 8, DEFAULTS)  # raised every 2 intervals
+    assert [d.state.horizon for d in quiet] == [600, 300, 300, 150, 150, 75, 75, 60]
+    idle = run(decisions[-1].state, [calm(0)] * 5, DEFAULTS)  # calm on: halved every interval
+    assert [d.state.horizon for d in idle] == [600, 300, 150, 75, 60]
+    # Fewer refusals than spawns pending: the spawns load the hub, the limit is cut.
+    cut = next_state(state, calm(24, loop_lag=1.0, refused=24), DEFAULTS)
+    assert cut.reason is R.LOOP_STALLED and cut.state.limit == 16 and cut.state.horizon == 60
+
+
 def test_no_cooldown_cuts_every_interval() -> None:
     settings = replace(DEFAULTS, cooldown_intervals=0)
     decisions = run(initial_state(settings), [stall()] * 3, settings)
@@ -555,6 +578,15 @@ def test_turn_window_ends_within_half_again_the_slot_wait_or_a_minute() -> None:
     assert expected_turn_window(100.0, waiting=300, slots_per_second=0.1, pending=64) == (
         100.0, 150.0)
     assert expected_turn_window(30.0, waiting=300, slots_per_second=1.0, pending=64) == (30.0, 60.0)
+
+
+def test_a_stretched_horizon_lets_the_window_run_to_the_queue_drained() -> None:
+    # 1,500 refused, 2 slots a second: 750 s to drain; the horizon decides how much is told.
+    window = expected_turn_window(5.0, waiting=1500, slots_per_second=2.0, pending=24,
+                                  horizon=480.0)
+    assert window == (5.0, 480.0)
+    assert expected_turn_window(5.0, waiting=100, slots_per_second=2.0, pending=24,
+                                horizon=480.0) == (5.0, 50.0)
 
 
 def test_turn_window_is_never_earlier_than_the_wait_for_a_slot() -> None:

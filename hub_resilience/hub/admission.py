@@ -139,14 +139,17 @@ class RefusedSpawns:
                     count += sample.value
         return count
 
-    def look(self, now: float) -> None:
-        """Count the refusals since the last look (none are counted at the first)."""
+    def look(self, now: float) -> float:
+        """Count the refusals since the last look (none are counted at the first); returns
+        how many."""
         total = self.total()
         seen, self._seen = self._seen, total
+        since = 0.0 if seen is None else max(0.0, total - seen)
         if seen is not None:
-            self._looks.append((now, max(0.0, total - seen)))
+            self._looks.append((now, since))
         while self._looks and self._looks[0][0] < now - self.history:
             self._looks.popleft()
+        return since
 
     def within(self, now: float, seconds: float) -> float:
         """Refusals counted by the looks of the last ``seconds``."""
@@ -342,7 +345,7 @@ class AdmissionGovernor(LoggingConfigurable):
         now = time.time()
         pending = list(pending_spawns(users.values()))
         finished, failed = tracker.update(pending, now)
-        self._refused.look(now)
+        refused = self._refused.look(now)
         k8s = requests.drain()
         signals = AdmissionSignals(
             loop_lag=probe.drain(),
@@ -353,21 +356,27 @@ class AdmissionGovernor(LoggingConfigurable):
             waiting_for_capacity=sum(p.waiting_for_node for p in pending),
             finished=finished,
             failed=failed,
+            refused=round(refused),
         )
         decision = next_state(state, signals, policy)
         self._apply(settings, decision.state, decision, tracker, pending, now, policy, signals)
+        horizon = ""
+        if decision.state.horizon != state.horizon:
+            horizon = f", the refused told to come within {decision.state.horizon:.0f}s at latest"
         if decision.changed:  # logged once it is what the hub enforces
             self.log.info(
-                "Admission governor: concurrent_spawn_limit %d -> %d (%s: %s)",
+                "Admission governor: concurrent_spawn_limit %d -> %d%s (%s: %s)",
                 state.limit,
                 decision.state.limit,
+                horizon,
                 decision.reason,
                 describe(signals),
             )
-        elif decision.reason is HELD and self._last_reason is not HELD:  # once per wait
-            self.log.info(
-                "Admission governor: concurrent_spawn_limit held at %d (%s: %s)",
+        elif horizon or (decision.reason is HELD and self._last_reason is not HELD):
+            self.log.info(  # a capacity wait: once per wait
+                "Admission governor: concurrent_spawn_limit held at %d%s (%s: %s)",
                 decision.state.limit,
+                horizon,
                 decision.reason,
                 describe(signals),
             )
@@ -396,6 +405,7 @@ class AdmissionGovernor(LoggingConfigurable):
             waiting=self._refused.within(now, told[1]),  # each retried within what it was told
             slots_per_second=tracker.slots_per_second(now),
             pending=len(pending),
+            horizon=state.horizon,
         )
         retry_range = retry_after_range(
             soonest, latest=latest, low=self.retry_after_min, high=self.retry_after_max
@@ -424,7 +434,7 @@ def describe(signals: AdmissionSignals) -> str:
         f"loop lag {signals.loop_lag:.2f}s, Kubernetes API p90 {latency} with "
         f"{signals.k8s_throttled}/{signals.k8s_requests} throttled, {signals.pending} pending "
         f"({signals.waiting_for_capacity} waiting for a node), {signals.failed}/"
-        f"{signals.finished} finished spawns failed"
+        f"{signals.finished} finished spawns failed, {signals.refused} refused"
     )
 
 

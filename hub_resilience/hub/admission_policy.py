@@ -38,6 +38,7 @@ class AdmissionReason(LabelEnum):
     K8S_SLOW = "k8s_slow"  # Kubernetes API latency above threshold
     K8S_THROTTLED = "k8s_throttled"  # share of Kubernetes API requests answered 429 too high
     CAPACITY_WAIT = "capacity_wait"  # most admitted spawns wait for a node: held
+    REFUSALS = "refusals"  # loop stalled while refusals outnumber pending spawns: held
     FAILURES = "failures"  # share of finished spawns that failed above threshold
     HOLD = "hold"  # no change: not calm long enough, limit not binding, or cooling down
 
@@ -87,6 +88,8 @@ class AdmissionSignals:
     """Spawns that finished (ready or failed) in the interval."""
     failed: int
     """Of those, failed."""
+    refused: int = 0
+    """Spawn requests the hub refused at its limit (429) in the interval."""
 
     def __post_init__(self) -> None:
         # Checked in order, so a bad total is reported before the part that exceeds it.
@@ -117,6 +120,7 @@ class AdmissionSignals:
                     _is_count(self.failed) and self.failed <= self.finished,
                     "whole number, 0 <= failed <= finished",
                 ),
+                "refused": (_is_count(self.refused), "whole number >= 0"),
             },
         )
 
@@ -221,7 +225,10 @@ class AdmissionState:
     calm: int = 0
     """Consecutive calm intervals so far."""
     cooldown: int = 0
-    """Intervals left before another decrease is allowed."""
+    """Intervals left before another decrease (or stretch of ``horizon``) is allowed."""
+    horizon: float = 60.0
+    """Seconds: the latest a refused user's turn window may end (:func:`expected_turn_window`),
+    from TURN_HORIZON up to TURN_HORIZON_MAX."""
 
     def __post_init__(self) -> None:
         # An out-of-range limit is allowed (settings may have changed); next_state clamps it.
@@ -231,6 +238,7 @@ class AdmissionState:
                 "limit": (_is_int(self.limit), "whole number"),
                 "calm": (_is_count(self.calm), "whole number >= 0"),
                 "cooldown": (_is_count(self.cooldown), "whole number >= 0"),
+                "horizon": (_is_seconds(self.horizon), "finite seconds >= 0"),
             },
         )
 
@@ -283,6 +291,16 @@ def _decreased(limit: int, settings: AdmissionSettings) -> int:
     return max(settings.floor, lowered)
 
 
+def refusals_load_the_hub(signals: AdmissionSignals) -> bool:
+    """Whether more spawn requests were refused in the interval than spawns are pending.
+
+    JupyterHub counts every user's servers to answer each spawn request, refused or not
+    (``UserDict.count_active_users``); at thousands of users a crowd retrying every minute
+    is most of a stalled hub's work (docs/admission.md has the profile). Cutting the limit
+    then only lengthens the queue that retries."""
+    return signals.refused > signals.pending
+
+
 def next_state(
     state: AdmissionState, signals: AdmissionSignals, settings: AdmissionSettings
 ) -> AdmissionDecision:
@@ -298,30 +316,44 @@ def next_state(
     hub creating users in bulk, a slow database commit), and a cut would refuse the next
     users for a stall they did not cause. Calm raises it by ``increase`` only after
     ``calm_intervals`` calm intervals in a row and only while it binds.
+
+    A loop stall while refusals load the hub (:func:`refusals_load_the_hub`) holds the limit
+    (reason REFUSALS) and doubles ``horizon``, the latest turn the refused are told, up to
+    TURN_HORIZON_MAX, once per cooldown like a cut: fewer of them come back each second. It
+    halves back towards TURN_HORIZON at each calm interval that ends ``calm_intervals`` or
+    more in a row.
     """
     previous = state.limit
     limit = settings.clamp(previous)
+    horizon = min(TURN_HORIZON_MAX, max(TURN_HORIZON, state.horizon))
     reason = distress(signals, settings)
     binding = signals.pending + _EPSILON >= settings.binding_share * limit
+    if reason is AdmissionReason.LOOP_STALLED and refusals_load_the_hub(signals):
+        if state.cooldown > 0:
+            nxt = AdmissionState(limit, 0, state.cooldown - 1, horizon)
+        else:
+            stretched = min(TURN_HORIZON_MAX, 2 * horizon)
+            nxt = AdmissionState(limit, 0, settings.cooldown_intervals, stretched)
+        return AdmissionDecision(nxt, AdmissionReason.REFUSALS, nxt.limit != previous)
     if reason is AdmissionReason.CAPACITY_WAIT or (reason is not None and not binding):
-        nxt = AdmissionState(limit=limit, calm=0, cooldown=max(0, state.cooldown - 1))
+        nxt = AdmissionState(limit, 0, max(0, state.cooldown - 1), horizon)
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     if reason is not None:
         if state.cooldown > 0:
-            nxt = AdmissionState(limit=limit, calm=0, cooldown=state.cooldown - 1)
+            nxt = AdmissionState(limit, 0, state.cooldown - 1, horizon)
         else:
             nxt = AdmissionState(
-                limit=_decreased(limit, settings), calm=0, cooldown=settings.cooldown_intervals
+                _decreased(limit, settings), 0, settings.cooldown_intervals, horizon
             )
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     calm = state.calm + 1
     cooldown = max(0, state.cooldown - 1)
+    if calm >= settings.calm_intervals:
+        horizon = max(TURN_HORIZON, horizon / 2)
     if calm >= settings.calm_intervals and binding and limit < settings.ceiling:
-        nxt = AdmissionState(
-            limit=min(settings.ceiling, limit + settings.increase), calm=0, cooldown=cooldown
-        )
+        nxt = AdmissionState(min(settings.ceiling, limit + settings.increase), 0, cooldown, horizon)
         return AdmissionDecision(nxt, AdmissionReason.ALL_WELL, True)
-    nxt = AdmissionState(limit=limit, calm=calm, cooldown=cooldown)
+    nxt = AdmissionState(limit, calm, cooldown, horizon)
     return AdmissionDecision(nxt, AdmissionReason.HOLD, nxt.limit != previous)
 
 
@@ -377,32 +409,43 @@ def expected_slot_wait(
 
 
 #: The latest turn a refused user is told is at most this many times the wait for the next
-#: slot, or JupyterHub's own latest Retry-After (60 s) if that is later: an overestimate
-#: leaves slots idle while the users who would fill them stay away.
+#: slot, or the horizon if that is later: JupyterHub's own latest Retry-After (60 s), longer
+#: while refusals load the hub (:func:`next_state`). An overestimate leaves slots idle while
+#: the users who would fill them stay away.
 TURN_STRETCH = 1.5
 TURN_HORIZON = 60.0
+TURN_HORIZON_MAX = 600.0
 
 
 def expected_turn_window(
-    slot_wait: float, *, waiting: float, slots_per_second: float, pending: int
+    slot_wait: float,
+    *,
+    waiting: float,
+    slots_per_second: float,
+    pending: int,
+    horizon: float = TURN_HORIZON,
 ) -> tuple[float, float]:
     """(soonest, latest) seconds until a refused user's turn, not just until the next slot.
 
     ``waiting``: the users refused recently (the spawns the hub refused within the last
     Retry-After it gave: each waiting user was refused about once in that time, and a new
-    arrival once too). The queue drains at ``slots_per_second`` (spawns ending per second):
-    the first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once
-    all of it has drained, ``waiting / slots_per_second``, but never later than
-    ``max(TURN_STRETCH * slot_wait, TURN_HORIZON)``. With no spawn ended lately (a hub's
-    first burst, a scale-up) the rate is taken as the ``pending`` spawns all ending about
-    when the first does, ``pending / slot_wait``: as fast as the queue could drain, so the
-    window is no later than needed, where the slot wait alone brought the whole queue back
-    at once, to be refused again (measured: docs/admission.md). Spreading the waiting
-    users' Retry-After over the window brings them back a few at a time. Clients that
-    ignore Retry-After only make the queue look longer. ValueError for negative or
-    non-finite values.
+    arrival once too). The queue drains at ``slots_per_second`` (spawns ending per second): the
+    first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once all of it
+    has drained, ``waiting / slots_per_second``, but never later than ``max(TURN_STRETCH *
+    slot_wait, horizon)`` (``AdmissionState.horizon``). With no spawn ended lately (a hub's
+    first burst, a scale-up) the rate is taken as the ``pending`` spawns all ending about when
+    the first does, ``pending / slot_wait``: as fast as the queue could drain, so the window is
+    no later than needed, where the slot wait alone brought the whole queue back at once, to be
+    refused again (measured: docs/admission.md). Spreading the waiting users' Retry-After over
+    the window brings them back a few at a time. Clients that ignore Retry-After only make the
+    queue look longer. ValueError for negative or non-finite values.
     """
-    values = {"slot_wait": slot_wait, "waiting": waiting, "slots_per_second": slots_per_second}
+    values = {
+        "slot_wait": slot_wait,
+        "waiting": waiting,
+        "slots_per_second": slots_per_second,
+        "horizon": horizon,
+    }
     for name, value in values.items():
         if not _is_seconds(value):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -414,7 +457,7 @@ def expected_turn_window(
         rate = pending / slot_wait
     if rate <= 0:
         return slot_wait, slot_wait
-    cap = max(TURN_STRETCH * slot_wait, TURN_HORIZON)
+    cap = max(TURN_STRETCH * slot_wait, horizon)
     return slot_wait, float(max(slot_wait, min(cap, waiting / rate)))
 
 

@@ -316,7 +316,12 @@ ADMISSION_CHANGES = Counter(
     ["reason"],
 )
 #: Reasons that keep the limit where it is (a capacity wait holds it, docs/admission.md).
-_NOT_CHANGES = (AdmissionReason.START, AdmissionReason.HOLD, AdmissionReason.CAPACITY_WAIT)
+_NOT_CHANGES = (
+    AdmissionReason.START,
+    AdmissionReason.HOLD,
+    AdmissionReason.CAPACITY_WAIT,
+    AdmissionReason.REFUSALS,
+)
 for _change in AdmissionReason:
     if _change not in _NOT_CHANGES:
         ADMISSION_CHANGES.labels(_change)
