@@ -227,10 +227,16 @@ def test_a_stall_while_refusals_outnumber_pending_spawns_holds_and_stretches_the
     assert [d.state.horizon for d in decisions] == [120, 120, 240, 240, 240, 480, 480, 480,
                                                     600, 600, 600, 600]
     assert {d.state.limit for d in decisions} == {24}
-    quiet = run(decisions[-1].state, [calm(FULL)] * 8, DEFAULTS)  # raised every 2 intervals
-    assert [d.state.horizon for d in quiet] == [600, 300, 300, 150, 150, 75, 75, 60]
-    idle = run(decisions[-1].state, [calm(0)] * 5, DEFAULTS)  # calm on: halved every interval
-    assert [d.state.horizon for d in idle] == [600, 300, 150, 75, 60]
+    # It halves after as long without a stall as it is (2 s intervals): 600 s at 600, then
+    # 300 s at 300, and so on down to 60.
+    horizons = [d.state.horizon for d in run(decisions[-1].state, [calm(FULL)] * 600, DEFAULTS)]
+    assert [horizons.index(h) + 1 for h in (300, 150, 75, 60)] == [300, 450, 525, 563]
+    assert horizons[-1] == 60
+    # A stall the spawns cause keeps it (the cut is the answer there), and starts the count
+    # again.
+    spawns_stall = calm(FULL, loop_lag=1.0, refused=0)
+    kept = run(decisions[-1].state, [calm(FULL)] * 299 + [spawns_stall] + [calm(FULL)], DEFAULTS)
+    assert [d.state.horizon for d in kept[-3:]] == [600, 600, 600]
     # Fewer refusals than spawns pending: the spawns load the hub, the limit is cut.
     cut = next_state(state, calm(24, loop_lag=1.0, refused=24), DEFAULTS)
     assert cut.reason is R.LOOP_STALLED and cut.state.limit == 16 and cut.state.horizon == 60

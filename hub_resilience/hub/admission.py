@@ -56,6 +56,7 @@ DEFAULTS = AdmissionSettings()
 #: The AdmissionGovernor options passed to the policy as they are (floor and start are not:
 #: the configured limit may lower the floor and sets the start).
 POLICY_OPTIONS = (
+    "interval",
     "ceiling",
     "increase",
     "decrease",

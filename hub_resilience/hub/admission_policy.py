@@ -139,6 +139,9 @@ class AdmissionSettings:
     """Additive step (>= 1)."""
     decrease: float = 0.7
     """Multiplicative factor on distress, in (0, 1)."""
+    interval: float = 2.0
+    """Seconds between two decisions (> 0): a stretched horizon is kept that long without a
+    stall before it halves."""
     calm_intervals: int = 2
     """Consecutive calm intervals needed before an increase (hysteresis, >= 1)."""
     cooldown_intervals: int = 2
@@ -188,6 +191,7 @@ class AdmissionSettings:
                     _is_number(self.decrease) and 0 < self.decrease < 1,
                     "0 < decrease < 1",
                 ),
+                "interval": (positive_seconds(self.interval), "finite seconds > 0"),
                 "calm_intervals": (whole(self.calm_intervals, 1), "whole number >= 1"),
                 "cooldown_intervals": (whole(self.cooldown_intervals, 0), "whole number >= 0"),
                 "binding_share": (share(self.binding_share, open_low=True), "0 < share <= 1"),
@@ -229,6 +233,8 @@ class AdmissionState:
     horizon: float = 60.0
     """Seconds: the latest a refused user's turn window may end (:func:`expected_turn_window`),
     from TURN_HORIZON up to TURN_HORIZON_MAX."""
+    quiet: int = 0
+    """Intervals without a loop stall since the horizon last changed."""
 
     def __post_init__(self) -> None:
         # An out-of-range limit is allowed (settings may have changed); next_state clamps it.
@@ -239,6 +245,7 @@ class AdmissionState:
                 "calm": (_is_count(self.calm), "whole number >= 0"),
                 "cooldown": (_is_count(self.cooldown), "whole number >= 0"),
                 "horizon": (_is_seconds(self.horizon), "finite seconds >= 0"),
+                "quiet": (_is_count(self.quiet), "whole number >= 0"),
             },
         )
 
@@ -320,40 +327,43 @@ def next_state(
     A loop stall while refusals load the hub (:func:`refusals_load_the_hub`) holds the limit
     (reason REFUSALS) and doubles ``horizon``, the latest turn the refused are told, up to
     TURN_HORIZON_MAX, once per cooldown like a cut: fewer of them come back each second. It
-    halves back towards TURN_HORIZON at each calm interval that ends ``calm_intervals`` or
-    more in a row.
+    halves back towards TURN_HORIZON after as many seconds without a loop stall as it is
+    long: the refused told it come back over that long, so a shorter wait shows its effect
+    no sooner.
     """
     previous = state.limit
     limit = settings.clamp(previous)
     horizon = min(TURN_HORIZON_MAX, max(TURN_HORIZON, state.horizon))
     reason = distress(signals, settings)
     binding = signals.pending + _EPSILON >= settings.binding_share * limit
-    if reason is AdmissionReason.LOOP_STALLED and refusals_load_the_hub(signals):
+    stalled = reason is AdmissionReason.LOOP_STALLED
+    if stalled and refusals_load_the_hub(signals):
         if state.cooldown > 0:
             nxt = AdmissionState(limit, 0, state.cooldown - 1, horizon)
         else:
             stretched = min(TURN_HORIZON_MAX, 2 * horizon)
             nxt = AdmissionState(limit, 0, settings.cooldown_intervals, stretched)
         return AdmissionDecision(nxt, AdmissionReason.REFUSALS, nxt.limit != previous)
+    quiet = 0 if stalled or horizon <= TURN_HORIZON else state.quiet + 1
+    if quiet * settings.interval >= horizon - _EPSILON:
+        horizon, quiet = max(TURN_HORIZON, horizon / 2), 0
     if reason is AdmissionReason.CAPACITY_WAIT or (reason is not None and not binding):
-        nxt = AdmissionState(limit, 0, max(0, state.cooldown - 1), horizon)
+        nxt = AdmissionState(limit, 0, max(0, state.cooldown - 1), horizon, quiet)
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     if reason is not None:
         if state.cooldown > 0:
-            nxt = AdmissionState(limit, 0, state.cooldown - 1, horizon)
+            nxt = AdmissionState(limit, 0, state.cooldown - 1, horizon, quiet)
         else:
-            nxt = AdmissionState(
-                _decreased(limit, settings), 0, settings.cooldown_intervals, horizon
-            )
+            lowered = _decreased(limit, settings)
+            nxt = AdmissionState(lowered, 0, settings.cooldown_intervals, horizon, quiet)
         return AdmissionDecision(nxt, reason, nxt.limit != previous)
     calm = state.calm + 1
     cooldown = max(0, state.cooldown - 1)
-    if calm >= settings.calm_intervals:
-        horizon = max(TURN_HORIZON, horizon / 2)
     if calm >= settings.calm_intervals and binding and limit < settings.ceiling:
-        nxt = AdmissionState(min(settings.ceiling, limit + settings.increase), 0, cooldown, horizon)
+        raised = min(settings.ceiling, limit + settings.increase)
+        nxt = AdmissionState(raised, 0, cooldown, horizon, quiet)
         return AdmissionDecision(nxt, AdmissionReason.ALL_WELL, True)
-    nxt = AdmissionState(limit, calm, cooldown, horizon)
+    nxt = AdmissionState(limit, calm, cooldown, horizon, quiet)
     return AdmissionDecision(nxt, AdmissionReason.HOLD, nxt.limit != previous)
 
 
