@@ -27,6 +27,13 @@ _OVERDUE_SHARE = 0.5
 _OVERDUE_MIN = 1.0
 #: Failure shares from fewer finished spawns are noise.
 _MIN_FINISHED = 3
+#: The latest turn a refused user is told is at most this many times the wait for the next
+#: slot, or the horizon if that is later: JupyterHub's own latest Retry-After (60 s), longer
+#: while refusals load the hub (:func:`next_state`). An overestimate leaves slots idle while
+#: the users who would fill them stay away.
+TURN_STRETCH = 1.5
+TURN_HORIZON = 60.0
+TURN_HORIZON_MAX = 600.0
 
 
 class AdmissionReason(LabelEnum):
@@ -230,7 +237,7 @@ class AdmissionState:
     """Consecutive calm intervals so far."""
     cooldown: int = 0
     """Intervals left before another decrease (or stretch of ``horizon``) is allowed."""
-    horizon: float = 60.0
+    horizon: float = TURN_HORIZON
     """Seconds: the latest a refused user's turn window may end (:func:`expected_turn_window`),
     from TURN_HORIZON up to TURN_HORIZON_MAX."""
     quiet: int = 0
@@ -416,15 +423,6 @@ def expected_slot_wait(
             remaining = max(age * _OVERDUE_SHARE, _OVERDUE_MIN)
         best = min(best, remaining)
     return float(best)
-
-
-#: The latest turn a refused user is told is at most this many times the wait for the next
-#: slot, or the horizon if that is later: JupyterHub's own latest Retry-After (60 s), longer
-#: while refusals load the hub (:func:`next_state`). An overestimate leaves slots idle while
-#: the users who would fill them stay away.
-TURN_STRETCH = 1.5
-TURN_HORIZON = 60.0
-TURN_HORIZON_MAX = 600.0
 
 
 def expected_turn_window(
