@@ -374,7 +374,7 @@ class AdmissionGovernor(LoggingConfigurable):
                 describe(signals),
             )
         elif horizon or (decision.reason is HELD and self._last_reason is not HELD):
-            self.log.info(  # a capacity wait: once per wait
+            self.log.info(  # a new horizon, or a capacity wait once per wait
                 "Admission governor: concurrent_spawn_limit held at %d%s (%s: %s)",
                 decision.state.limit,
                 horizon,
