@@ -35,6 +35,7 @@ from hub_resilience.service.metrics import (
 )
 from hub_resilience.service.running import RunningServers
 from hub_resilience.service.stopped import StoppedServerHandler, StoppedSettings
+from hub_resilience.waiting import set_within
 
 log = logging.getLogger("hub_resilience.service")
 
@@ -303,7 +304,7 @@ class ResilienceService(LoggingConfigurable):
             except Exception:
                 self.log.exception("The culler failed; restarting it in %.0fs",
                                    self.culler.period)
-                if await self._sleep(self.culler.period):
+                if await set_within(self._stopping, self.culler.period):
                     return
             else:
                 return  # stopped on purpose
@@ -314,18 +315,10 @@ class ResilienceService(LoggingConfigurable):
             SERVICE_CULLER_ENABLED.set(0)
             self.culler.stop()
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep, waking early when stopping; True if stopping."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
     async def _watch_parent(self) -> None:
         parent = os.getppid()
         while os.getppid() == parent:
-            if await self._sleep(self.parent_check_interval):
+            if await set_within(self._stopping, self.parent_check_interval):
                 return
         self.orphaned = True
         SERVICE_ORPHANED.set(1)
@@ -345,7 +338,7 @@ class ResilienceService(LoggingConfigurable):
                 self.log.warning("No new hub-resilience service after %.0fs; exiting",
                                  self.orphan_timeout)
                 break
-            if await self._sleep(self.parent_check_interval):
+            if await set_within(self._stopping, self.parent_check_interval):
                 return
         self.stop()
 

@@ -54,6 +54,7 @@ from hub_resilience.service.metrics import (
     CycleResult,
     SkipReason,
 )
+from hub_resilience.waiting import set_within
 
 
 class CycleAborted(Exception):
@@ -351,10 +352,7 @@ class Culler(LoggingConfigurable):
                         "next cycle in %.1fs",
                         report.duration, self.period, delay,
                     )
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
+                await set_within(self._stopping, delay)
         finally:
             await self.close()
 

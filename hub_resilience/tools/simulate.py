@@ -56,6 +56,7 @@ from hub_resilience.tools.loadreport import (
     render_progress,
 )
 from hub_resilience.tools.timeline import Timeline, loop_between, users_at
+from hub_resilience.waiting import set_within
 
 log = logging.getLogger(__name__)
 
@@ -560,7 +561,7 @@ class Simulation:
         the hub handled."""
         # Servers started together do not report in step: the first report is spread out.
         interval = self.plan.activity_interval
-        if await _set_within(done, random.uniform(0, interval)):
+        if await set_within(done, random.uniform(0, interval)):
             return
         while True:
             now = datetime.now(timezone.utc)
@@ -571,7 +572,7 @@ class Simulation:
                 self.log.info("Activity of %s not recorded: %s", name, e)
             else:
                 self._activity_posts += 1
-            if await _set_within(done, interval):
+            if await set_within(done, interval):
                 return
 
     async def _stop(self, client: HubClient, name: str) -> None:
@@ -809,12 +810,3 @@ def register(subparsers: Any) -> None:
     output.add_argument("--no-progress", action="store_true", help="no live progress bar")
     output.add_argument("--verbose", action="store_true", help="log every user's outcome")
     parser.set_defaults(func=run_from_args)
-
-
-async def _set_within(event: asyncio.Event, seconds: float) -> bool:
-    """Whether ``event`` is set within ``seconds``."""
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

@@ -26,6 +26,7 @@ from jupyterhub.spawner import Spawner
 from traitlets import Bool, Bunch, Float, Int, TraitError, validate
 
 from hub_resilience.tools.simulated_cluster import Seat, SimulatedCluster
+from hub_resilience.waiting import set_within
 
 LOOPBACK = "127.0.0.1"
 
@@ -312,10 +313,7 @@ async def _serve(port: int, parent_pid: int | None) -> None:
     while not done.is_set():
         if parent_pid is not None and os.getppid() != parent_pid:
             break  # the hub is gone: so are its servers
-        try:
-            await asyncio.wait_for(done.wait(), 1.0)
-        except asyncio.TimeoutError:
-            pass
+        await set_within(done, 1.0)
     server.stop()
 
 
