@@ -86,15 +86,7 @@ class StandInAutoscaler:
         await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _unschedulable(self) -> int:
-        from kubernetes import client as k8s
-
-        from tests.k8s.cluster import USER_POD_SELECTOR
-
-        with self.cluster.admin_client() as api:
-            pods = k8s.CoreV1Api(api).list_namespaced_pod(
-                self.namespace, label_selector=USER_POD_SELECTOR
-            ).items
-        return sum(unschedulable(p) for p in pods)
+        return sum(unschedulable(p) for p in self.cluster.user_pods())
 
     async def _add(self, count: int) -> None:
         await asyncio.sleep(SCALE_UP_DELAY)

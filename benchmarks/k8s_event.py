@@ -223,17 +223,6 @@ def peak_rss_mib(pid: int) -> float:
     return math.nan
 
 
-def user_pods(cluster: Any) -> list[Any]:
-    from kubernetes import client as k8s
-
-    from tests.k8s.cluster import USER_POD_SELECTOR
-
-    with cluster.admin_client() as api:
-        return list(k8s.CoreV1Api(api).list_namespaced_pod(
-            cluster.namespace, label_selector=USER_POD_SELECTOR
-        ).items)
-
-
 def pod_activity_interval(pods: Sequence[Any]) -> int | None:
     """JUPYTERHUB_ACTIVITY_INTERVAL of the first pod's notebook container (JupyterHub's
     default when the variable is not set), None without pods."""
@@ -393,7 +382,7 @@ async def run_one(cluster: Any, work: Path, event: Crowd, stack: Stack, steady: 
                         math.nan if last.cpu_seconds is None or start.cpu_seconds is None
                         else last.cpu_seconds - start.cpu_seconds
                     )
-                pods = await asyncio.to_thread(user_pods, cluster)
+                pods = await asyncio.to_thread(cluster.user_pods)
             finally:
                 release.set()
                 report = await running

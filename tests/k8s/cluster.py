@@ -1032,6 +1032,15 @@ class LocalCluster:
 
         return config.new_client_from_config(config_file=str(self.admin_kubeconfig))
 
+    def user_pods(self) -> list[Any]:
+        """The user pods (``V1Pod``) in the cluster's namespace, as an admin lists them."""
+        from kubernetes import client as k8s
+
+        with self.admin_client() as api:
+            return list(k8s.CoreV1Api(api).list_namespaced_pod(
+                self.namespace, label_selector=USER_POD_SELECTOR
+            ).items)
+
     def hub_client(self) -> ApiClient:
         """A ``kubernetes.client.ApiClient`` with the hub's rights (close it when done)."""
         from kubernetes import config

@@ -433,12 +433,7 @@ async def test_hundred_users_spawn_through_an_api_server_throttling_creates_read
 
         # Every pod Guaranteed, mounting its own bound PVC, created exactly once.
         api = core(k8s_cluster)
-        pods = {
-            p.metadata.name: p
-            for p in api.list_namespaced_pod(
-                namespace, label_selector=USER_POD_SELECTOR
-            ).items
-        }
+        pods = {p.metadata.name: p for p in k8s_cluster.user_pods()}
         claims = {
             c.metadata.name: c for c in api.list_namespaced_persistent_volume_claim(namespace).items
         }

@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kubernetes import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from hub_resilience.hubclient import HubAPIError
 from hub_resilience.service.culler import Culler
-from tests.k8s.cluster import USER_POD_SELECTOR, LocalCluster
+from tests.k8s.cluster import LocalCluster
 from tests.support.hub import (
     SERVICE_FAMILY_PREFIXES,
     RunningHub,
@@ -194,10 +194,8 @@ def sample(families: dict, family: str, name: str, **labels: str) -> float:
     )
 
 
-def user_pods(cluster: LocalCluster, namespace: str) -> dict[str, dict]:
-    api = k8s.CoreV1Api(cluster.admin_client())
-    pods = api.list_namespaced_pod(namespace, label_selector=USER_POD_SELECTOR)
-    return {p.metadata.name: p for p in pods.items}
+def user_pods(cluster: LocalCluster) -> dict[str, Any]:
+    return {p.metadata.name: p for p in cluster.user_pods()}
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +228,7 @@ async def test_twenty_users_get_guaranteed_pods_for_every_profile(
             ),
             limit=20,
         )
-    pods = user_pods(k8s_cluster, k8s_cluster.namespace)
+    pods = user_pods(k8s_cluster)
     for name, options in zip(names, SPAWN_OPTIONS, strict=True):
         pod = pods[f"jupyter-{name}"]
         assert pod.status.phase == "Running", name
@@ -279,7 +277,7 @@ async def test_spawn_phase_metrics_follow_the_real_pods(
         "server_ready",
     ):
         assert sample(families, family, count, phase=phase) == spawned, phase
-    pods = user_pods(k8s_cluster, k8s_cluster.namespace)
+    pods = user_pods(k8s_cluster)
     expected = 0.0
     for pod in pods.values():
         scheduled = next(c for c in pod.status.conditions if c.type == "PodScheduled")
@@ -351,13 +349,13 @@ async def test_culler_stops_idle_servers_and_their_pods_go(
     await wait_until(
         lambda: (
             not set(f"jupyter-{n}" for n in idle)
-            & set(user_pods(k8s_cluster, k8s_cluster.namespace))
+            & set(user_pods(k8s_cluster))
         ),
         timeout=120,
         interval=0.5,
         what="the culled servers' pods are deleted",
     )
-    pods = user_pods(k8s_cluster, k8s_cluster.namespace)
+    pods = user_pods(k8s_cluster)
     assert all(f"jupyter-{n}" in pods for n in active)
     async with hub.client() as client:
         for name in active:
@@ -378,7 +376,7 @@ async def test_profile_that_cannot_be_guaranteed_is_refused_before_any_pod(
     # What the user (and the operator) is told:
     assert refused.value.status == 500
     assert "Cannot start this server: profile 'broken', container 'bare'" in str(refused.value)
-    assert "jupyter-broken-user" not in user_pods(k8s_cluster, k8s_cluster.namespace)
+    assert "jupyter-broken-user" not in user_pods(k8s_cluster)
     log = hub.log_text()
     assert "profile 'broken', container 'bare': cpu has neither a request nor a limit" in log
     families = await scrape(hub)
@@ -410,7 +408,7 @@ async def test_unschedulable_pod_fails_with_a_clear_message(
     )
     # The failed spawn's pod is cleaned up by the hub's stop.
     await wait_until(
-        lambda: "jupyter-greedy" not in user_pods(k8s_cluster, k8s_cluster.namespace),
+        lambda: "jupyter-greedy" not in user_pods(k8s_cluster),
         timeout=60,
         what="the unschedulable pod is deleted",
     )
