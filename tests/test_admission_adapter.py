@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -194,8 +194,10 @@ def test_a_stall_from_refusals_holds_the_limit_and_tells_the_refused_a_later_tur
     stalled = LoopLagProbe()
     stalled._lags = [1.0]
     caplog.set_level("INFO")
+    # The refused of the interval before can be coming back (a burst's first refusals cannot).
+    before = replace(initial_state(policy), refused_before=60)
     state = governor._decide(
-        settings, initial_state(policy), policy, spawns, RequestWindow(), stalled, SpawnTracker()
+        settings, before, policy, spawns, RequestWindow(), stalled, SpawnTracker()
     )
     assert (state.limit, state.horizon) == (4, 120.0)
     assert settings["concurrent_spawn_limit"] == 4

@@ -218,10 +218,11 @@ def test_a_stall_while_refusals_outnumber_pending_spawns_holds_and_stretches_the
     with more refusals than spawns in flight is the retrying crowd's, so the limit is held
     and the refused are told to stay away longer (doubling once per cooldown, up to 600 s);
     calm halves it back to 60 s."""
-    state = AdmissionState(limit=24)
+    state = AdmissionState(limit=24, refused_before=60)
     crowd = calm(24, loop_lag=1.0, refused=60)
     first = next_state(state, crowd, DEFAULTS)
-    assert first.state == AdmissionState(limit=24, calm=0, cooldown=2, horizon=120.0)
+    assert first.state == AdmissionState(limit=24, calm=0, cooldown=2, horizon=120.0,
+                                         refused_before=60)
     assert first.reason is R.REFUSALS and not first.changed
     decisions = run(first.state, [crowd] * 12, DEFAULTS)
     assert [d.state.horizon for d in decisions] == [120, 120, 240, 240, 240, 480, 480, 480,
@@ -240,6 +241,28 @@ def test_a_stall_while_refusals_outnumber_pending_spawns_holds_and_stretches_the
     # Fewer refusals than spawns pending: the spawns load the hub, the limit is cut.
     cut = next_state(state, calm(24, loop_lag=1.0, refused=24), DEFAULTS)
     assert cut.reason is R.LOOP_STALLED and cut.state.limit == 16 and cut.state.horizon == 60
+
+
+def test_the_first_refusals_of_a_burst_are_not_a_returning_crowd() -> None:
+    """300 users at once on Kubernetes (2026-12-07): the burst's first interval stalled the
+    hub with 204 refused and 64 pending. Telling those 204 to stay away for up to 120 s left
+    slots idle while they did. Nobody refused then had been told anything yet, so the stall
+    is the spawns' and the limit is cut; a stall in the next interval, while the refused can
+    be coming back, holds it and stretches the horizon."""
+    burst = calm(64, loop_lag=1.7, refused=204)
+    first = next_state(AdmissionState(limit=64), burst, DEFAULTS)
+    assert first.reason is R.LOOP_STALLED and first.state.limit == 44
+    assert first.state.horizon == 60 and first.state.refused_before == 204
+    again = next_state(replace(first.state, cooldown=0), calm(44, loop_lag=1.0, refused=100),
+                       DEFAULTS)
+    assert again.reason is R.REFUSALS and again.state.limit == 44
+    assert again.state.horizon == 120
+    # A calm interval with no refusal forgets them: the next stall's refusals are new.
+    forgotten = next_state(again.state, calm(44), DEFAULTS).state
+    assert forgotten.refused_before == 0
+    assert next_state(forgotten, calm(44, loop_lag=1.0, refused=100), DEFAULTS).reason is (
+        R.LOOP_STALLED
+    )
 
 
 def test_no_cooldown_cuts_every_interval() -> None:

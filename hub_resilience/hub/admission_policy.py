@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeGuard
 
 from hub_resilience.labels import LabelEnum
@@ -242,6 +242,8 @@ class AdmissionState:
     from TURN_HORIZON up to TURN_HORIZON_MAX."""
     quiet: int = 0
     """Intervals without a loop stall since the horizon last changed."""
+    refused_before: int = 0
+    """Spawn requests refused in the previous interval: users who may be coming back."""
 
     def __post_init__(self) -> None:
         # An out-of-range limit is allowed (settings may have changed); next_state clamps it.
@@ -253,6 +255,7 @@ class AdmissionState:
                 "cooldown": (_is_count(self.cooldown), "whole number >= 0"),
                 "horizon": (_is_seconds(self.horizon), "finite seconds >= 0"),
                 "quiet": (_is_count(self.quiet), "whole number >= 0"),
+                "refused_before": (_is_count(self.refused_before), "whole number >= 0"),
             },
         )
 
@@ -305,17 +308,28 @@ def _decreased(limit: int, settings: AdmissionSettings) -> int:
     return max(settings.floor, lowered)
 
 
-def refusals_load_the_hub(signals: AdmissionSignals) -> bool:
-    """Whether more spawn requests were refused in the interval than spawns are pending.
+def refusals_load_the_hub(state: AdmissionState, signals: AdmissionSignals) -> bool:
+    """Whether more spawn requests were refused in the interval than spawns are pending,
+    and some were refused in the interval before, so that the refused can be coming back.
 
     JupyterHub counts every user's servers to answer each spawn request, refused or not
     (``UserDict.count_active_users``); at thousands of users a crowd retrying every minute
     is most of a stalled hub's work (docs/admission.md has the profile). Cutting the limit
-    then only lengthens the queue that retries."""
-    return signals.refused > signals.pending
+    then only lengthens the queue that retries. The first refusals of a burst are not that
+    crowd: nobody has been told to come back yet."""
+    return signals.refused > signals.pending and state.refused_before > 0
 
 
 def next_state(
+    state: AdmissionState, signals: AdmissionSignals, settings: AdmissionSettings
+) -> AdmissionDecision:
+    """The state after one control interval with ``signals`` (:func:`_decide`), which
+    remembers the interval's refusals for the next."""
+    decision = _decide(state, signals, settings)
+    return replace(decision, state=replace(decision.state, refused_before=signals.refused))
+
+
+def _decide(
     state: AdmissionState, signals: AdmissionSignals, settings: AdmissionSettings
 ) -> AdmissionDecision:
     """The state after one control interval with ``signals``.
@@ -344,7 +358,7 @@ def next_state(
     reason = distress(signals, settings)
     binding = signals.pending + _EPSILON >= settings.binding_share * limit
     stalled = reason is AdmissionReason.LOOP_STALLED
-    if stalled and refusals_load_the_hub(signals):
+    if stalled and refusals_load_the_hub(state, signals):
         if state.cooldown > 0:
             nxt = AdmissionState(limit, 0, state.cooldown - 1, horizon)
         else:
