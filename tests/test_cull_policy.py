@@ -59,11 +59,13 @@ def test_server_without_activity_is_measured_from_its_start() -> None:
     assert decide_server(old, "", NOW, SETTINGS).reason == "inactive"
 
 
-@pytest.mark.parametrize("pending", ["spawn", "stop", "rename"])
-def test_pending_servers_are_never_culled(pending: str) -> None:
+@pytest.mark.parametrize(
+    ("pending", "reason"), [("spawn", "pending"), ("stop", "stopping"), ("rename", "pending")]
+)
+def test_pending_servers_are_never_culled(pending: str, reason: str) -> None:
     model = server(timedelta(days=3), pending=pending, ready=False)
     decision = decide_server(model, "", NOW, SETTINGS)
-    assert not decision.cull and decision.reason == "pending"
+    assert not decision.cull and decision.reason == reason
 
 
 def test_not_ready_servers_are_not_culled() -> None:

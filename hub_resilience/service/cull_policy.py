@@ -50,7 +50,7 @@ class CullReason(LabelEnum):
 @dataclass(frozen=True)
 class Decision:
     """Whether to cull, and why (``reason`` is a log word and, when culling, a metric label:
-    ``inactive`` or ``max_age``; otherwise ``active``, ``pending``, ``not_ready``,
+    ``inactive`` or ``max_age``; otherwise ``active``, ``pending``, ``stopping``, ``not_ready``,
     ``disabled``, ``admin`` or ``has_servers``)."""
 
     cull: bool
@@ -131,14 +131,19 @@ def decide_server(
 ) -> Decision:
     """Whether to stop one active server.
 
-    Pending servers (starting or stopping) and servers that are not ready are never culled.
+    Pending servers (starting or stopping) and servers that are not ready are never culled;
+    a stop in progress says ``stopping``, so that the culler can follow it up (a user whose
+    server is still stopping is work left for a later cycle, not a quiet hub).
     Idle time is measured from ``last_activity``, or from ``started`` when the server has
     reported no activity yet; a server idle for at least ``timeout`` seconds is culled, and
     with ``max_age`` set, so is one started at least that long ago, however active.
     """
     if not isinstance(server, Mapping):
         raise MalformedModel(f"server {server_name!r} is not an object")
-    if server.get("pending"):
+    pending = server.get("pending")
+    if pending == "stop":
+        return Decision(False, "stopping")
+    if pending:
         return Decision(False, "pending")
     if not server.get("ready", False):
         return Decision(False, "not_ready")

@@ -531,6 +531,9 @@ class Culler(LoggingConfigurable):
             CULLER_SKIPPED.labels(SkipReason.MALFORMED).inc()
             self.log.error("Skipping server %s: %s", label, e)
             return ServerOutcome.SKIPPED
+        if decision.reason == "stopping":
+            self.log.info("Server %s is stopping; following up", label)
+            return ServerOutcome.STOPPING
         if not decision.cull:
             self.log.debug(
                 "Not culling server %s (%s, inactive for %s)",
@@ -544,6 +547,9 @@ class Culler(LoggingConfigurable):
                     self.log.info("Server %s is already stopped", label)
                     return ServerOutcome.GONE
                 decision = decide_server(fresh, server_name, self.now(), settings)
+                if decision.reason == "stopping":
+                    self.log.info("Server %s is stopping; following up", label)
+                    return ServerOutcome.STOPPING
                 if not decision.cull:
                     CULLER_SKIPPED.labels(SkipReason.BECAME_ACTIVE).inc()
                     self.log.info(
