@@ -1,0 +1,43 @@
+"""The admission benchmark's event-loop comparison (benchmarks/admission.py): every
+configuration's loop is compared over the same seconds of the arrival, so a configuration
+that serves the crowd slowly cannot dilute its stalls with a quiet tail."""
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.admission import Outcome, Sample, common_window
+from hub_resilience.tools.loadreport import HubScrape
+
+BOUNDS = (0.05, 0.1, 0.25, float("inf"))
+
+
+def reading(at: float, quick: int, stalled: int) -> Sample:
+    """A reading after ``quick`` on-time ticks and ``stalled`` ticks 50-100 ms late."""
+    counts = (quick, quick + stalled, quick + stalled, quick + stalled)
+    return Sample(at, HubScrape({}, None, dict(zip(BOUNDS, counts, strict=True))))
+
+
+def outcome(*samples: Sample) -> Outcome:
+    report: Any = None  # only the readings are used here
+    return Outcome(report, 0.0, list(samples))
+
+
+def test_the_loop_is_compared_over_the_shortest_run_not_each_runs_own_length() -> None:
+    # Both hubs stall 30 times in the first 100 s of the arrival, 2,000 ticks in all.
+    fast = outcome(reading(0, 0, 0), reading(100, 1970, 30))
+    # The slow one then runs 400 s more without a stall, which halves its stalls' share.
+    slow = outcome(reading(0, 0, 0), reading(100, 1970, 30), reading(500, 9970, 30))
+    assert common_window([fast, slow]) == 100
+    whole_fast = fast.loop_p99_within(fast.duration)
+    whole_slow = slow.loop_p99_within(slow.duration)
+    assert whole_fast is not None and whole_slow is not None
+    assert whole_slow < whole_fast  # over its own run, the slow hub looks smoother
+    assert whole_slow <= 0.05  # within the first bucket: no stall in its top 1%
+    assert slow.loop_p99_within(100) == whole_fast  # over the same 100 s, they are equal
+    assert whole_fast > 0.05
+
+
+def test_no_comparison_without_two_readings_in_the_window() -> None:
+    only_start = outcome(reading(0, 0, 0), reading(200, 100, 5))
+    assert only_start.loop_p99_within(100) is None
+    assert common_window([only_start, outcome()]) == 0.0
