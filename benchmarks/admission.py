@@ -10,13 +10,23 @@ the hub's Retry-After, and give up after ``PATIENCE`` seconds. docs/benchmarks.m
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from benchmarks.common import Row, bench_hub, hub_cpu_seconds, log, markdown_table, scrape
+from benchmarks.common import (
+    Row,
+    artifact_path,
+    bench_hub,
+    hub_cpu_seconds,
+    log,
+    markdown_table,
+    scrape,
+)
 from hub_resilience.tools.loadreport import (
     Arrival,
     HubScrape,
@@ -144,6 +154,28 @@ class Outcome:
         return statistics.median(ratios), within, len(ratios)
 
 
+def keep(outcome: Outcome, path: Path) -> None:
+    """Write a run's per-second readings and every user's time until ready (null: never) to
+    ``path`` as JSON, so that a whole run's figures can be looked into afterwards."""
+    readings = [
+        {
+            "at": a.at,
+            "refused": hub_load(a.scrape, b.scrape).refused,
+            "spawns_ended": sum(ended_spawns(b.scrape.spawns))
+            - sum(ended_spawns(a.scrape.spawns)),
+            "admission": dict(a.scrape.admission),
+            "loop_intervals": {str(le): n for le, n in a.scrape.loop_intervals.items()},
+        }
+        for a, b in zip(outcome.samples, outcome.samples[1:], strict=False)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "readings": readings,
+        "ready_after": [t if math.isfinite(t) else None for t in outcome.ready_after],
+        "retry_after_ratios": retry_after_ratios(outcome.samples),
+    }))
+
+
 def suggested_retry_after(scrape: HubScrape) -> float:
     """The middle of the range the hub draws its Retry-After from at this reading."""
     low = scrape.admission.get("retry_after_low_seconds")
@@ -207,6 +239,8 @@ async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
     ready_after = tuple(math.inf if o.ready_after is None else o.ready_after
                         for o in simulation.outcomes)
     outcome = Outcome(report, hub_cpu_seconds(hub) - cpu, samples, ready_after)
+    kept = artifact_path("admission", f"{crowd.title}-{label}", ".json")
+    keep(outcome, kept)
     hub_figures = "hub metrics unreadable"
     if report.hub is not None:
         loop = report.hub.loop_interval_p99
@@ -219,7 +253,7 @@ async def drive(hub: LocalHub, crowd: Crowd, label: str) -> Outcome:
         f"p50 {outcome.time_to_ready(50):.0f}s p99 {outcome.time_to_ready(99):.0f}s, "
         f"{hub_figures}, "
         f"{outcome.hub_cpu:.0f} hub CPU s; Retry-After / wait during scale-ups: median "
-        f"{ratio:.2f}, {within:.0%} within ±50% ({seconds} s)")
+        f"{ratio:.2f}, {within:.0%} within ±50% ({seconds} s); its readings: {kept}")
     return outcome
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hub_resilience.backoff import BackoffPolicy
@@ -155,6 +156,20 @@ async def bench_hub(config: str, **kwargs: Any) -> AsyncIterator[LocalHub]:
     async with local_hub(config, start_timeout=300, service_name="benchmark-admin",
                          **kwargs) as hub:
         yield hub
+
+
+def cache_home() -> Path:
+    """$HUB_RESILIENCE_HOME, where scripts/bootstrap.sh keeps what it builds."""
+    home = os.environ.get("HUB_RESILIENCE_HOME")
+    return Path(home) if home else Path.home() / ".cache/hub-resilience"
+
+
+def artifact_path(benchmark: str, name: str, suffix: str) -> Path:
+    """Where a benchmark keeps what a run leaves for a later look (its own folder is
+    removed): ``$HUB_RESILIENCE_HOME/artifacts/<benchmark>/``, one file per ``name``, which
+    the next run of the same overwrites."""
+    slug = "".join(c if c.isalnum() else "-" for c in name).lower()
+    return cache_home() / "artifacts" / benchmark / f"{slug}{suffix}"
 
 
 def log(message: str) -> None:

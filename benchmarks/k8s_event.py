@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
 import tempfile
 import time
@@ -31,6 +30,8 @@ from benchmarks.common import (
     Row,
     T,
     admin_client,
+    artifact_path,
+    cache_home,
     gather_limited,
     hub_cpu_seconds,
     log,
@@ -85,17 +86,10 @@ TAB_POLLS_AFTER_STOP = 6
 RELEASED_VENV = "venv-z2jh-4.4.0"
 
 
-def cache_home() -> Path:
-    """$HUB_RESILIENCE_HOME, where scripts/bootstrap.sh keeps what it builds."""
-    home = os.environ.get("HUB_RESILIENCE_HOME")
-    return Path(home) if home else Path.home() / ".cache/hub-resilience"
-
-
 def kept_log(event: Crowd, stack: Stack) -> Path:
-    """Where a run's hub log is kept after the run (the run's own folder is removed):
-    ``$HUB_RESILIENCE_HOME/artifacts/k8s-event/``, one file per event and hub."""
-    slug = "".join(c if c.isalnum() else "-" for c in f"{event.users}-{event.arrival.value}")
-    return cache_home() / "artifacts" / "k8s-event" / f"{slug}-{stack.name.split()[0]}.log"
+    """Where a run's hub log is kept after the run: one file per event and hub."""
+    name = f"{event.users}-{event.arrival.value}-{stack.name.split()[0]}"
+    return artifact_path("k8s-event", name, ".log")
 
 
 GOVERNOR_CHANGE = re.compile(r"Admission governor: concurrent_spawn_limit \d+ -> \d+ \((\w+)")

@@ -3,9 +3,13 @@ configuration's loop is compared over the same seconds of the arrival, so a conf
 that serves the crowd slowly cannot dilute its stalls with a quiet tail."""
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Any
 
-from benchmarks.admission import Outcome, Sample, common_window
+from benchmarks.admission import Outcome, Sample, common_window, keep
+from benchmarks.common import artifact_path
 from hub_resilience.tools.loadreport import HubScrape
 
 BOUNDS = (0.05, 0.1, 0.25, float("inf"))
@@ -41,3 +45,19 @@ def test_no_comparison_without_two_readings_in_the_window() -> None:
     only_start = outcome(reading(0, 0, 0), reading(200, 100, 5))
     assert only_start.loop_p99_within(100) is None
     assert common_window([only_start, outcome()]) == 0.0
+
+
+def test_a_runs_readings_are_kept_for_a_later_look(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("HUB_RESILIENCE_HOME", str(tmp_path))
+    run = outcome(reading(0, 0, 0), reading(1, 20, 0), reading(2, 38, 1))
+    run = Outcome(run.report, 0.0, run.samples, ready_after=(12.5, math.inf))
+    path = artifact_path("admission", "500 users at once-the governor (from 64)", ".json")
+    assert path == tmp_path / "artifacts" / "admission" / (
+        "500-users-at-once-the-governor--from-64-.json"
+    )
+    keep(run, path)
+    kept = json.loads(path.read_text())
+    assert [r["at"] for r in kept["readings"]] == [0, 1]
+    assert kept["readings"][1]["loop_intervals"]["0.05"] == 20
+    assert kept["ready_after"] == [12.5, None]
+    assert kept["retry_after_ratios"] == []
