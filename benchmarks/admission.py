@@ -161,8 +161,7 @@ def keep(outcome: Outcome, path: Path) -> None:
         {
             "at": a.at,
             "refused": hub_load(a.scrape, b.scrape).refused,
-            "spawns_ended": sum(ended_spawns(b.scrape.spawns))
-            - sum(ended_spawns(a.scrape.spawns)),
+            "spawns_ended": spawns_ended_between(a, b),
             "admission": dict(a.scrape.admission),
             "loop_intervals": {str(le): n for le, n in a.scrape.loop_intervals.items()},
         }
@@ -174,6 +173,11 @@ def keep(outcome: Outcome, path: Path) -> None:
         "ready_after": [t if math.isfinite(t) else None for t in outcome.ready_after],
         "retry_after_ratios": retry_after_ratios(outcome.samples),
     }))
+
+
+def spawns_ended_between(a: Sample, b: Sample) -> float:
+    """Spawns that ended (ready or failed) between two readings: slots that freed."""
+    return sum(ended_spawns(b.scrape.spawns)) - sum(ended_spawns(a.scrape.spawns))
 
 
 def suggested_retry_after(scrape: HubScrape) -> float:
@@ -192,7 +196,7 @@ def retry_after_ratios(samples: list[Sample]) -> list[float]:
     frees = [
         (a.at + b.at) / 2
         for a, b in zip(samples, samples[1:], strict=False)
-        if sum(ended_spawns(b.scrape.spawns)) > sum(ended_spawns(a.scrape.spawns))
+        if spawns_ended_between(a, b) > 0
     ]
     ratios = []
     for a, b in zip(samples, samples[1:], strict=False):

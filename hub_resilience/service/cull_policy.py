@@ -126,6 +126,15 @@ def _elapsed(now: datetime, since: datetime | None) -> timedelta | None:
     return None if since is None else now - since
 
 
+#: The reason of a server whose stop is in progress (:func:`decide_server`).
+STOPPING = "stopping"
+
+
+def is_stopping(server: Mapping[str, Any]) -> bool:
+    """Whether a server model shows a stop in progress (whoever asked for it)."""
+    return server.get("pending") == "stop"
+
+
 def decide_server(
     server: Mapping[str, Any], server_name: str, now: datetime, settings: CullSettings
 ) -> Decision:
@@ -140,10 +149,9 @@ def decide_server(
     """
     if not isinstance(server, Mapping):
         raise MalformedModel(f"server {server_name!r} is not an object")
-    pending = server.get("pending")
-    if pending == "stop":
-        return Decision(False, "stopping")
-    if pending:
+    if is_stopping(server):
+        return Decision(False, STOPPING)
+    if server.get("pending"):
         return Decision(False, "pending")
     if not server.get("ready", False):
         return Decision(False, "not_ready")

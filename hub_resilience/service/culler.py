@@ -28,6 +28,7 @@ from hub_resilience.hubclient import (
     StopResult,
 )
 from hub_resilience.service.cull_policy import (
+    STOPPING,
     CullSettings,
     MalformedModel,
     ServerOutcome,
@@ -35,6 +36,7 @@ from hub_resilience.service.cull_policy import (
     decide_server,
     decide_user,
     format_duration,
+    is_stopping,
     left_listing,
     listing_passes,
     may_delete_after,
@@ -531,9 +533,8 @@ class Culler(LoggingConfigurable):
             CULLER_SKIPPED.labels(SkipReason.MALFORMED).inc()
             self.log.error("Skipping server %s: %s", label, e)
             return ServerOutcome.SKIPPED
-        if decision.reason == "stopping":
-            self.log.info("Server %s is stopping; following up", label)
-            return ServerOutcome.STOPPING
+        if decision.reason == STOPPING:
+            return self._already_stopping(label)
         if not decision.cull:
             self.log.debug(
                 "Not culling server %s (%s, inactive for %s)",
@@ -547,9 +548,8 @@ class Culler(LoggingConfigurable):
                     self.log.info("Server %s is already stopped", label)
                     return ServerOutcome.GONE
                 decision = decide_server(fresh, server_name, self.now(), settings)
-                if decision.reason == "stopping":
-                    self.log.info("Server %s is stopping; following up", label)
-                    return ServerOutcome.STOPPING
+                if decision.reason == STOPPING:
+                    return self._already_stopping(label)
                 if not decision.cull:
                     CULLER_SKIPPED.labels(SkipReason.BECAME_ACTIVE).inc()
                     self.log.info(
@@ -589,6 +589,11 @@ class Culler(LoggingConfigurable):
         self.log.info("Server %s is already gone: %s", label, outcome.message or "404")
         return ServerOutcome.GONE
 
+    def _already_stopping(self, label: str) -> ServerOutcome:
+        """A listed server whose stop is in progress: followed up like a stop of our own."""
+        self.log.info("Server %s is stopping; following up", label)
+        return ServerOutcome.STOPPING
+
     async def _after_refusal(
         self, client: HubClient, name: str, server_name: str, message: str, report: CycleReport
     ) -> ServerOutcome:
@@ -604,7 +609,7 @@ class Culler(LoggingConfigurable):
         if server is None:
             self.log.info("Server %s is already stopped (%s)", label, message)
             return ServerOutcome.STOPPED
-        if server.get("pending") == "stop":
+        if is_stopping(server):
             self.log.info("Server %s is already stopping (%s); following up", label, message)
             return ServerOutcome.STOPPING
         report.skipped += 1
