@@ -235,12 +235,14 @@ def next_page_offset(offset: int, next_offset: int | None, left: int) -> int | N
 def listing_passes(state_filter: bool, cull_users: bool) -> list[str | None]:
     """The ``state`` filters a cycle lists users with, in order.
 
-    With the filter, only users with active servers are listed, plus (when deleting users)
-    those without any. Without it (JupyterHub < 1.3) every user is listed once.
+    With the filter and only servers to cull, just the users with active servers are
+    listed. Deleting users needs every user, listed once in one pass: split into an
+    ``inactive`` and an ``active`` pass, a user whose stop ends between the two listings is
+    in neither. Without the filter (JupyterHub < 1.3) every user is listed once too.
     """
-    if not state_filter:
-        return [None]
-    return ["inactive", "active"] if cull_users else ["active"]
+    if state_filter and not cull_users:
+        return ["active"]
+    return [None]
 
 
 def cycle_delay(elapsed: float, period: float) -> tuple[float, bool]:
