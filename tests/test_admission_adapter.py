@@ -142,6 +142,10 @@ def test_a_bad_governor_setting_is_refused_by_configure_naming_it() -> None:
         c.AdmissionGovernor.retry_after_max = 600
         c.AdmissionGovernor.interval = 0
         configure(c, spawner_class=None, stopped_handler=False, cull=False)
+    with pytest.raises(ConfigurationError, match="scale_up_seconds"):
+        c.AdmissionGovernor.interval = 2
+        c.AdmissionGovernor.scale_up_seconds = -120
+        configure(c, spawner_class=None, stopped_handler=False, cull=False)
 
 
 async def test_outside_a_hub_nothing_is_started() -> None:
@@ -170,6 +174,19 @@ def test_a_decision_writes_what_the_hub_enforces_even_for_a_spawn_newer_than_the
     # No spawn has finished yet: the new one is expected in half as long again as it has
     # run, at least a second, so the range is the lowest the governor tells (not 30 s).
     assert settings["spawn_throttle_retry_range"] == retry_after_range(1.0) == (5, 6)
+
+
+def test_the_stated_scale_up_is_what_the_hub_tells_before_one_is_measured() -> None:
+    """A spawn that has waited 40 s for a node, none measured yet: with scale_up_seconds
+    120, the 429 says about 80 s, not the 20 s of "half as long again"."""
+    governor = AdmissionGovernor(scale_up_seconds=120.0)
+    policy = governor.policy_settings(4)
+    settings: dict[str, Any] = {"concurrent_spawn_limit": 4, "spawn_throttle_retry_range": (30, 60)}
+    waiting = FakeSpawner("spawn", at(time.time() - 40), waiting_for_node=True)
+    governor._decide(settings, initial_state(policy), policy, {1: user(waiting)},
+                     RequestWindow(), LoopLagProbe(), SpawnTracker())
+    low, high = settings["spawn_throttle_retry_range"]
+    assert 60 <= low <= 80 <= high <= 100
 
 
 class CrowdOfRefusals:

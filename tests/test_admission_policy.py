@@ -500,6 +500,22 @@ def test_slot_wait_for_overdue_spawns() -> None:
     assert expected_slot_wait([60.0, 70.0], [20.0, 30.0, 35.0]) == pytest.approx(30.0)
 
 
+def test_slot_wait_for_a_node_goes_by_the_stated_scale_up_until_one_is_measured() -> None:
+    """The first scale-up of a hub's life: only what the operator says a node takes can tell
+    the wait; a spawn outliving that is overdue again, and measured durations win."""
+    quick = [20.0, 30.0, 35.0]
+    assert expected_slot_wait([], quick, waiting_ages=[40.0, 5.0], scale_up=120.0) == 80.0
+    assert expected_slot_wait([], [], waiting_ages=[40.0], scale_up=120.0) == 80.0
+    assert expected_slot_wait([], quick, waiting_ages=[40.0]) == 20.0  # unknown: overdue
+    assert expected_slot_wait([], quick, waiting_ages=[150.0], scale_up=120.0) == 75.0
+    # A spawn with a node (or needing none) is not waiting for one: the statement is not its.
+    assert expected_slot_wait([40.0], quick, scale_up=120.0) == 20.0
+    # Once a scale-up was measured, the measurement goes.
+    assert expected_slot_wait([], [*quick, 100.0], waiting_ages=[40.0], scale_up=200.0) == 60.0
+    with pytest.raises(ValueError, match="scale_up"):
+        expected_slot_wait([], [], waiting_ages=[1.0], scale_up=-1.0)
+
+
 def test_slot_wait_uses_the_median_of_longer_durations_only() -> None:
     durations = [10.0, 20.0, 30.0, 100.0, 200.0]
     assert expected_slot_wait([5.0], durations) == pytest.approx(25.0)  # median 30 - 5

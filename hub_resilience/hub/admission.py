@@ -262,6 +262,17 @@ class AdmissionGovernor(LoggingConfigurable):
         config=True,
         help="Share of finished spawns that failed that is distress.",
     )
+    scale_up_seconds = Float(
+        0.0,
+        config=True,
+        help="""
+        How long a spawn waiting for a node takes on this cluster (s): from the pod's
+        creation to its server ready, a node scale-up included. It is what the Retry-After
+        says while the first scale-up of the hub's life is under way, before the hub has
+        measured one; 0 (the default): unknown, such a spawn is expected in half as long
+        again as it has waited.
+        """,
+    )
     retry_after_min = Float(
         5.0, config=True, help="The shortest Retry-After (s) the hub's 429 suggests."
     )
@@ -273,6 +284,15 @@ class AdmissionGovernor(LoggingConfigurable):
     def _positive_interval(self, proposal: Bunch) -> float:
         if not (math.isfinite(proposal.value) and proposal.value > 0):
             raise TraitError(f"AdmissionGovernor.interval must be > 0 s, got {proposal.value!r}")
+        return proposal.value
+
+    @validate("scale_up_seconds")
+    def _seconds_or_unknown(self, proposal: Bunch) -> float:
+        if not (math.isfinite(proposal.value) and proposal.value >= 0):
+            raise TraitError(
+                f"AdmissionGovernor.scale_up_seconds must be >= 0 s (0: unknown), "
+                f"got {proposal.value!r}"
+            )
         return proposal.value
 
     #: Whether it sets the 429's Retry-After (False when spawn_throttle_retry_range is set).
@@ -399,6 +419,7 @@ class AdmissionGovernor(LoggingConfigurable):
             [max(0.0, now - p.started) for p in pending if not p.waiting_for_node],
             list(tracker.durations),
             waiting_ages=[max(0.0, now - p.started) for p in pending if p.waiting_for_node],
+            scale_up=self.scale_up_seconds,
         )
         told = settings.get(RETRY_RANGE_SETTING) or (0, 0)
         soonest, latest = expected_turn_window(

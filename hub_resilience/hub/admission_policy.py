@@ -399,6 +399,7 @@ def expected_slot_wait(
     recent_durations: Sequence[float],
     *,
     waiting_ages: Sequence[float] = (),
+    scale_up: float = 0.0,
     default: float = 30.0,
 ) -> float:
     """Seconds until the first admitted spawn is expected to finish, freeing a slot.
@@ -415,24 +416,31 @@ def expected_slot_wait(
     with no history. With spawns pending but none finished yet (a hub just started, the
     first burst), each is taken as overdue: the refused are told "half as long again" and
     come back each time their spawns outlive it, instead of a fixed ``default`` that makes
-    them wait half a minute for spawns of seconds. ValueError for negative or non-finite
-    values.
+    them wait half a minute for spawns of seconds. ``scale_up``: what the operator says a
+    spawn waiting for a node takes here (0: unknown); the oldest waiting spawn, once it has
+    outlived every recent spawn, is expected at ``scale_up`` rather than taken as overdue
+    until it outlives that too: the first scale-up of a hub's life has no measured one to go
+    by. ValueError for negative or non-finite values.
     """
     _check_seconds("pending_ages", pending_ages)
     _check_seconds("waiting_ages", waiting_ages)
     _check_seconds("recent_durations", recent_durations)
-    if not _is_seconds(default):
-        raise ValueError(f"default must be finite seconds >= 0, got {default!r}")
-    candidates = list(pending_ages) + ([max(waiting_ages)] if waiting_ages else [])
+    for name, value in (("scale_up", scale_up), ("default", default)):
+        if not _is_seconds(value):
+            raise ValueError(f"{name} must be finite seconds >= 0, got {value!r}")
+    oldest_waiting = [max(waiting_ages)] if waiting_ages else []
+    candidates = list(pending_ages) + oldest_waiting
     if not candidates:
         # The next 429 comes once spawns are pending: they will take about this long.
         return float(statistics.median(recent_durations)) if recent_durations else float(default)
     durations = sorted(recent_durations)
     best = math.inf
-    for age in candidates:
+    for i, age in enumerate(candidates):
         longer = [d for d in durations if d > age]
         if longer:
             remaining = statistics.median(longer) - age
+        elif i >= len(pending_ages) and scale_up > age:
+            remaining = scale_up - age
         else:
             remaining = max(age * _OVERDUE_SHARE, _OVERDUE_MIN)
         best = min(best, remaining)
