@@ -20,6 +20,7 @@ directory; each test prints where.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, Locator, Page
 
-from hub_resilience.hubclient import HubClient
+from hub_resilience.hubclient import HubAPIError, HubClient
 from hub_resilience.settings import HubResilience
 from tests.support.browser import (
     DIALOG,
@@ -117,8 +118,22 @@ async def lab_session(tmp_path: Path, *, named: bool = False) -> AsyncIterator[S
             await log_in(tab, hub.url, USER)
             await wait_for_lab(tab)
             print(f"JupyterLab open {time.monotonic() - started:.1f}s after the login page")
-            yield Session(hub, client, port, browser, tab, requests)
+            try:
+                yield Session(hub, client, port, browser, tab, requests)
+            finally:
+                await stop_servers_of(client, USER)
         assert "Traceback" not in hub.log_text()
+
+
+async def stop_servers_of(client: HubClient, name: str) -> None:
+    """Stop a user's JupyterLab servers: the local hub leaves servers running when it stops
+    (``cleanup_servers = False``, so that tests can restart it), and each run of these
+    tests left one behind."""
+    with contextlib.suppress(HubAPIError, TimeoutError):  # a hub already gone: nothing to do
+        user = await client.get_user(name)
+        for server_name in (user or {}).get("servers", {}):
+            await client.stop_server(name, server_name)
+            await client.wait_for_server_stopped(name, server_name, timeout=60)
 
 
 def artifacts(tmp_path: Path, case: str) -> Path:
