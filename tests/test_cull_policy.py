@@ -14,7 +14,7 @@ from hub_resilience.service.cull_policy import (
     decide_user,
     format_duration,
     left_listing,
-    listing_passes,
+    listing_state,
     may_delete_after,
     needs_recheck,
     next_page_offset,
@@ -260,10 +260,11 @@ def test_naive_offset_paging_would_skip_users() -> None:
     assert next_page_offset(10, 15, 99) == 10  # never goes backwards past the page
 
 
-def test_listing_passes() -> None:
-    assert listing_passes(state_filter=True, cull_users=False) == ["active"]
-    assert listing_passes(state_filter=True, cull_users=True) == [None]
-    assert listing_passes(state_filter=False, cull_users=True) == [None]
+def test_listing_state() -> None:
+    assert listing_state(state_filter=True, cull_users=False) == "active"
+    assert listing_state(state_filter=True, cull_users=True) is None
+    assert listing_state(state_filter=False, cull_users=True) is None
+    assert listing_state(state_filter=False, cull_users=False) is None
 
 
 def test_cycle_delay_keeps_the_schedule_and_reports_overruns() -> None:

@@ -232,17 +232,15 @@ def next_page_offset(offset: int, next_offset: int | None, left: int) -> int | N
     return max(offset, next_offset - max(0, left))
 
 
-def listing_passes(state_filter: bool, cull_users: bool) -> list[str | None]:
-    """The ``state`` filters a cycle lists users with, in order.
+def listing_state(state_filter: bool, cull_users: bool) -> str | None:
+    """The ``state`` filter a cycle lists users with, in its one pass over them.
 
     With the filter and only servers to cull, just the users with active servers are
-    listed. Deleting users needs every user, listed once in one pass: split into an
-    ``inactive`` and an ``active`` pass, a user whose stop ends between the two listings is
-    in neither. Without the filter (JupyterHub < 1.3) every user is listed once too.
+    listed. Deleting users needs every user, listed once (None): split into an ``inactive``
+    and an ``active`` listing, a user whose stop ends between the two is in neither. Without
+    the filter (JupyterHub < 1.3) every user is listed too.
     """
-    if state_filter and not cull_users:
-        return ["active"]
-    return [None]
+    return "active" if state_filter and not cull_users else None
 
 
 def cycle_delay(elapsed: float, period: float) -> tuple[float, bool]:

@@ -38,7 +38,7 @@ from hub_resilience.service.cull_policy import (
     format_duration,
     is_stopping,
     left_listing,
-    listing_passes,
+    listing_state,
     may_delete_after,
     needs_recheck,
     next_page_offset,
@@ -378,8 +378,7 @@ class Culler(LoggingConfigurable):
             try:
                 client = self.client
                 state_filter = await client.supports_state_filter()
-                for state in listing_passes(state_filter, self.cull_users):
-                    await self._run_pass(client, state, report)
+                await self._run_pass(client, listing_state(state_filter, self.cull_users), report)
             except (HubAPIError, CycleAborted, ValueError) as e:
                 report.error = str(e)
                 self.log.error("Culling cycle stopped early: %s", e)
