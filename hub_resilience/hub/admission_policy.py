@@ -428,19 +428,21 @@ def expected_slot_wait(
     for name, value in (("scale_up", scale_up), ("default", default)):
         if not _is_seconds(value):
             raise ValueError(f"{name} must be finite seconds >= 0, got {value!r}")
-    oldest_waiting = [max(waiting_ages)] if waiting_ages else []
-    candidates = list(pending_ages) + oldest_waiting
+    # (age, what it is said to take in all): only a spawn waiting for a node has a statement.
+    candidates = [(age, 0.0) for age in pending_ages]
+    if waiting_ages:
+        candidates.append((max(waiting_ages), scale_up))
     if not candidates:
         # The next 429 comes once spawns are pending: they will take about this long.
         return float(statistics.median(recent_durations)) if recent_durations else float(default)
     durations = sorted(recent_durations)
     best = math.inf
-    for i, age in enumerate(candidates):
+    for age, stated in candidates:
         longer = [d for d in durations if d > age]
         if longer:
             remaining = statistics.median(longer) - age
-        elif i >= len(pending_ages) and scale_up > age:
-            remaining = scale_up - age
+        elif stated > age:
+            remaining = stated - age
         else:
             remaining = max(age * _OVERDUE_SHARE, _OVERDUE_MIN)
         best = min(best, remaining)
