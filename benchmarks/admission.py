@@ -1,4 +1,5 @@
-"""Spawn admission: z2jh's static limit (64), a low static limit (20) and the governor.
+"""Spawn admission: z2jh's static limit (64), a low static limit (20) and the governor,
+untold and told the node start-up.
 
 The same arrivals, one configuration after the other, each on a fresh hub whose servers run
 on a simulated cluster with limited room (:class:`~hub_resilience.tools.simulated_cluster.
@@ -52,6 +53,9 @@ c.SimulatedCluster.parallel_starts = 4
 c.SimulatedSpawner.start_delay = 3.0
 c.SimulatedSpawner.start_timeout = 300  # z2jh's singleuser.startTimeout (JupyterHub's: 60)
 """
+#: What the operator of that cluster would tell the governor a spawn waiting for a node
+#: takes (``AdmissionGovernor.scale_up_seconds``): the node, the image pull, the start.
+NODE_START_UP = 120.0 + 10.0 + 3.0
 
 #: Seconds a user keeps trying before giving up (a student at the start of a class).
 PATIENCE = 600.0
@@ -67,11 +71,19 @@ class Configuration:
     name: str
     limit: int
     governor: bool
+    told: bool = False
+    """The governor is told the cluster's node start-up (``scale_up_seconds``)."""
+
+    def scale_up_seconds(self, node_start_up: float) -> float:
+        """What this configuration tells the governor of a cluster whose spawns waiting for
+        a node take ``node_start_up``: that, or 0 (unknown)."""
+        return node_start_up if self.told else 0.0
 
     def hub_config(self) -> str:
         return CLUSTER + f"""
 from hub_resilience import configure
 c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}  # as z2jh: answer 202 at once
+c.AdmissionGovernor.scale_up_seconds = {self.scale_up_seconds(NODE_START_UP)}
 configure(
     c, spawner_class=None, stopped_handler=False, cull=False,
     concurrent_spawn_limit={self.limit}, admission_governor={self.governor},
@@ -82,7 +94,9 @@ configure(
 STATIC_64 = Configuration("concurrent_spawn_limit 64 (z2jh's default)", 64, False)
 STATIC_20 = Configuration("concurrent_spawn_limit 20", 20, False)
 GOVERNOR = Configuration("the governor (from 64)", 64, True)
-CONFIGURATIONS = (STATIC_64, STATIC_20, GOVERNOR)
+GOVERNOR_TOLD = Configuration("the governor told the node start-up (from 64)", 64, True, True)
+GOVERNORS = (GOVERNOR, GOVERNOR_TOLD)
+CONFIGURATIONS = (STATIC_64, STATIC_20, *GOVERNORS)
 
 #: JupyterHub's own spawn_throttle_retry_range, which the static configurations keep.
 JUPYTERHUB_RETRY_RANGE = (30.0, 60.0)
@@ -269,11 +283,11 @@ def p(report: LoadReport, q: int) -> float:
     return {50: t.p50, 99: t.p99}[q]
 
 
-def rows(title: str, baseline: Configuration, static: Outcome, ours: Outcome,
-         window: float) -> list[Row]:
-    """The governor against one static limit; ``window``: the seconds from the start of the
+def rows(title: str, governor: Configuration, baseline: Configuration, static: Outcome,
+         ours: Outcome, window: float) -> list[Row]:
+    """A governor against one static limit; ``window``: the seconds from the start of the
     crowd's arrival over which every configuration's event loop is compared."""
-    comparison = f"{title}: the governor vs {baseline.name}"
+    comparison = f"{title}: {governor.name} vs {baseline.name}"
     s, o = static.report, ours.report
     nan = float("nan")
 
@@ -316,20 +330,23 @@ def common_window(outcomes: Iterable[Outcome]) -> float:
 
 
 def comparison(crowd: Crowd, outcomes: dict[Configuration, Outcome]) -> list[Row]:
-    """The table of one crowd: the governor against each static limit, and its Retry-After
-    during scale-up waits."""
+    """The table of one crowd: each governor (untold, told) against each static limit, and
+    its Retry-After during scale-up waits."""
     table: list[Row] = []
     window = common_window(outcomes.values())
-    for static in (STATIC_64, STATIC_20):
-        table += rows(crowd.title, static, outcomes[static], outcomes[GOVERNOR], window)
     base = outcomes[STATIC_64].honesty()
-    ours = outcomes[GOVERNOR].honesty()
-    title = (f"{crowd.title}, while a scale-up keeps every slot taken (refusing seconds: "
-             f"{base[2]} vs {ours[2]}): the governor vs {STATIC_64.name}")
-    table.append(Row(title, "suggested Retry-After ÷ the wait for a free slot (median)",
-                     base[0], ours[0], "closer to 1", 2))
-    table.append(Row(title, "share of those seconds with Retry-After within ±50% of the wait",
-                     base[1], ours[1], "higher", 2))
+    for governor in GOVERNORS:
+        for static in (STATIC_64, STATIC_20):
+            table += rows(crowd.title, governor, static, outcomes[static], outcomes[governor],
+                          window)
+        ours = outcomes[governor].honesty()
+        title = (f"{crowd.title}, while a scale-up keeps every slot taken (refusing seconds: "
+                 f"{base[2]} vs {ours[2]}): {governor.name} vs {STATIC_64.name}")
+        table.append(Row(title, "suggested Retry-After ÷ the wait for a free slot (median)",
+                         base[0], ours[0], "closer to 1", 2))
+        table.append(Row(title,
+                         "share of those seconds with Retry-After within ±50% of the wait",
+                         base[1], ours[1], "higher", 2))
     return table
 
 

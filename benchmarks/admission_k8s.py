@@ -1,4 +1,4 @@
-"""Spawn admission on the local Kubernetes control plane (tests/k8s): the same three
+"""Spawn admission on the local Kubernetes control plane (tests/k8s): the same four
 configurations as :mod:`benchmarks.admission`, with ResilientKubeSpawner in a hub running
 z2jh 4.4.0's own configuration.
 
@@ -37,6 +37,9 @@ SCALE_UP_DELAY = 120.0
 #: How often the stand-in autoscaler looks for pods that fit on no node (the cluster
 #: autoscaler's default scan interval is 10 s).
 SCAN_INTERVAL = 5.0
+#: What the operator would tell the governor a spawn waiting for a node takes here: the
+#: node, after the autoscaler has noticed the pod (KWOK starts containers at once).
+NODE_START_UP = SCALE_UP_DELAY + SCAN_INTERVAL
 
 CROWD = Crowd("300 users at once on Kubernetes", 300, Arrival.BURST)
 
@@ -104,7 +107,12 @@ async def run_one(cluster: Any, work: Path, crowd: Crowd, configuration: Configu
         singleuser=dict(USER_RESOURCES),
         hub={
             "concurrentSpawnLimit": configuration.limit,
-            "config": {"HubResilience": {"admission_governor": configuration.governor}},
+            "config": {
+                "HubResilience": {"admission_governor": configuration.governor},
+                "AdmissionGovernor": {
+                    "scale_up_seconds": configuration.scale_up_seconds(NODE_START_UP),
+                },
+            },
         },
     )
     autoscaler = StandInAutoscaler(cluster, cluster.namespace)

@@ -61,3 +61,18 @@ def test_a_runs_readings_are_kept_for_a_later_look(tmp_path: Path, monkeypatch: 
     assert kept["readings"][1]["loop_intervals"]["0.05"] == 20
     assert kept["ready_after"] == [12.5, None]
     assert kept["retry_after_ratios"] == []
+
+
+def test_only_the_told_governor_is_told_the_node_start_up() -> None:
+    from traitlets.config import Config
+
+    from benchmarks.admission import CONFIGURATIONS, GOVERNOR_TOLD, NODE_START_UP
+
+    told = {}
+    for configuration in CONFIGURATIONS:
+        c = Config()
+        exec(configuration.hub_config(), {"c": c})  # as JupyterHub loads a config file
+        told[configuration] = c.AdmissionGovernor.scale_up_seconds
+    assert told == {configuration: NODE_START_UP if configuration is GOVERNOR_TOLD else 0.0
+                    for configuration in CONFIGURATIONS}
+    assert NODE_START_UP == 133.0
