@@ -378,7 +378,9 @@ class Culler(LoggingConfigurable):
             try:
                 client = self.client
                 state_filter = await client.supports_state_filter()
-                await self._run_pass(client, listing_state(state_filter, self.cull_users), report)
+                await self._page_through_users(
+                    client, listing_state(state_filter, self.cull_users), report
+                )
             except (HubAPIError, CycleAborted, ValueError) as e:
                 report.error = str(e)
                 self.log.error("Culling cycle stopped early: %s", e)
@@ -402,7 +404,9 @@ class Culler(LoggingConfigurable):
             )
             return report
 
-    async def _run_pass(self, client: HubClient, state: str | None, report: CycleReport) -> None:
+    async def _page_through_users(
+        self, client: HubClient, state: str | None, report: CycleReport
+    ) -> None:
         """Page through ``GET /users?state=...``, handling each page before the next."""
         offset = 0
         limit = self.api_page_size
