@@ -189,15 +189,33 @@ def test_the_stated_scale_up_is_what_the_hub_tells_before_one_is_measured() -> N
     assert 60 <= low <= 80 <= high <= 100
 
 
+@dataclass
 class CrowdOfRefusals:
-    """Stands in for JupyterHub's refusal counter: 60 refused since each look, 1,500 within
-    any window asked about."""
+    """Stands in for JupyterHub's refusal counter: ``per_look`` refused since each look,
+    ``waiting`` within any window asked about."""
+
+    per_look: float = 60.0
+    waiting: float = 1500.0
 
     def look(self, now: float) -> float:
-        return 60.0
+        return self.per_look
 
     def within(self, now: float, seconds: float) -> float:
-        return 1500.0
+        return self.waiting
+
+
+def test_a_first_burst_s_queue_is_told_turns_as_long_as_its_spawns_take() -> None:
+    """8 spawns 4 s in, none ended, 40 users refused: the first slot in 2 s (half as long
+    again), and the queue drains at 8 spawns per 4 + 2 s, so the last turn is 30 s away, not
+    the 10 s of taking all 8 to end with the first."""
+    governor = AdmissionGovernor()
+    governor._refused = CrowdOfRefusals(per_look=0.0, waiting=40.0)  # type: ignore[assignment]
+    policy = governor.policy_settings(8)
+    settings: dict[str, Any] = {"concurrent_spawn_limit": 8, "spawn_throttle_retry_range": (30, 60)}
+    spawns = {i: user(FakeSpawner("spawn", at(time.time() - 4))) for i in range(8)}
+    governor._decide(settings, initial_state(policy), policy, spawns, RequestWindow(),
+                     LoopLagProbe(), SpawnTracker())
+    assert settings["spawn_throttle_retry_range"] == retry_after_range(2.0, latest=30.0) == (5, 30)
 
 
 def test_a_stall_from_refusals_holds_the_limit_and_tells_the_refused_a_later_turn(
@@ -219,7 +237,7 @@ def test_a_stall_from_refusals_holds_the_limit_and_tells_the_refused_a_later_tur
     assert (state.limit, state.horizon) == (4, 120.0)
     assert settings["concurrent_spawn_limit"] == 4
     # 4 spawns of 10 s, none finished: the next slot in 5 s; 1,500 waiting drain in
-    # 1,875 s at 0.8 a second, told up to the horizon.
+    # 5,625 s at 4 / (10 + 5 s) a second, told up to the horizon.
     assert settings["spawn_throttle_retry_range"] == retry_after_range(5.0, latest=120.0)
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith(

@@ -645,26 +645,48 @@ def test_turn_window_is_never_earlier_than_the_wait_for_a_slot() -> None:
 
 
 def test_with_no_spawn_ended_lately_the_queue_drains_as_the_pending_spawns_end() -> None:
-    """A hub's first burst (2026-12-07, 500 at once, limit 64): no spawn had ended, the
-    window was the slot wait alone, and the 436 refused came back together every 5-9 s
-    (959 429s before the first spawn ended, 23 s in). Taken as all 64 pending ending about
-    when the first does, 436 drain in 436 / (64 / 5 s) = 34 s: the queue comes back over
-    that, not at once."""
-    soonest, latest = expected_turn_window(5.0, waiting=436, slots_per_second=0.0, pending=64)
-    assert (soonest, latest) == (5.0, pytest.approx(34.0625))
-    # During a scale-up (200 admitted, none ending for minutes), 400 waiting: twice the slot
-    # wait, cut to half as long again.
-    assert expected_turn_window(80.0, waiting=400, slots_per_second=0.0, pending=200) == (
-        80.0, 120.0)
+    """Little's law: with no measured rate, the pending spawns end at ``pending`` over what a
+    spawn takes, at least as long as the oldest has run plus the slot wait."""
+    # A hub's first burst: 64 pending, the oldest 10 s in, the first expected in 5 s; 100
+    # refused drain in 100 / (64 / 15 s) = 23.4 s.
+    soonest, latest = expected_turn_window(5.0, waiting=100, slots_per_second=0.0, pending=64,
+                                           oldest=10.0)
+    assert (soonest, latest) == (5.0, pytest.approx(23.4375))
+    # Without an age, no spawn is taken as longer than the slot wait: the fastest drain.
+    assert expected_turn_window(5.0, waiting=100, slots_per_second=0.0, pending=64) == (
+        5.0, pytest.approx(7.8125))
+    # During a scale-up (200 admitted, none ending for minutes), 400 waiting: cut to half as
+    # long again as the slot wait.
+    assert expected_turn_window(80.0, waiting=400, slots_per_second=0.0, pending=200,
+                                oldest=50.0) == (80.0, 120.0)
     # A measured rate, however low, is evidence and is used as it is.
-    assert expected_turn_window(80.0, waiting=4, slots_per_second=0.1, pending=200) == (
-        80.0, 80.0)
+    assert expected_turn_window(80.0, waiting=4, slots_per_second=0.1, pending=200,
+                                oldest=50.0) == (80.0, 80.0)
+
+
+def test_a_first_burst_is_told_its_turns_over_a_minute_not_the_same_few_seconds() -> None:
+    """A hub's first burst (2026-12-07, 300 at once on Kubernetes, limit 64): no spawn had
+    ended and the pending spawns were taken to end all together when the first did, so the
+    ~240 refused were told 5-6 s, again and again, while the hub's loop stalled (its loop
+    interval p99 over the run 153 ms, against 83 ms at a static 64). Little's law spreads
+    them up to JupyterHub's own 60 s."""
+    # 64 pending, the youngest 2 s in (overdue: expected in 1 s), the oldest 4 s in.
+    before = expected_turn_window(1.0, waiting=240, slots_per_second=0.0, pending=64)
+    now = expected_turn_window(1.0, waiting=240, slots_per_second=0.0, pending=64, oldest=4.0)
+    assert retry_after_range(before[0], latest=before[1]) == (5, 6)
+    assert now == (1.0, pytest.approx(18.75))
+    assert retry_after_range(now[0], latest=now[1]) == (5, 19)
+    # Ten seconds later, the spawns still running: a minute, JupyterHub's own latest.
+    assert expected_turn_window(7.0, waiting=240, slots_per_second=0.0, pending=64,
+                                oldest=14.0) == (7.0, 60.0)
 
 
 @pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
 def test_turn_window_refuses_bad_values(bad: float) -> None:
     with pytest.raises(ValueError, match="slots_per_second"):
         expected_turn_window(1.0, waiting=1.0, slots_per_second=bad, pending=1)
+    with pytest.raises(ValueError, match="oldest"):
+        expected_turn_window(1.0, waiting=1.0, slots_per_second=0.0, pending=1, oldest=bad)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, math.nan, True])

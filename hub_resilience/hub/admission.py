@@ -415,10 +415,11 @@ class AdmissionGovernor(LoggingConfigurable):
         policy: AdmissionSettings,
         signals: AdmissionSignals | None = None,
     ) -> None:
+        ages = [(max(0.0, now - p.started), p.waiting_for_node) for p in pending]
         slot_wait = expected_slot_wait(
-            [max(0.0, now - p.started) for p in pending if not p.waiting_for_node],
+            [age for age, waiting in ages if not waiting],
             list(tracker.durations),
-            waiting_ages=[max(0.0, now - p.started) for p in pending if p.waiting_for_node],
+            waiting_ages=[age for age, waiting in ages if waiting],
             scale_up=self.scale_up_seconds,
         )
         told = settings.get(RETRY_RANGE_SETTING) or (0, 0)
@@ -427,6 +428,7 @@ class AdmissionGovernor(LoggingConfigurable):
             waiting=self._refused.within(now, told[1]),  # each retried within what it was told
             slots_per_second=tracker.slots_per_second(now),
             pending=len(pending),
+            oldest=max((age for age, _ in ages), default=0.0),
             horizon=state.horizon,
         )
         retry_range = retry_after_range(

@@ -455,6 +455,7 @@ def expected_turn_window(
     waiting: float,
     slots_per_second: float,
     pending: int,
+    oldest: float = 0.0,
     horizon: float = TURN_HORIZON,
 ) -> tuple[float, float]:
     """(soonest, latest) seconds until a refused user's turn, not just until the next slot.
@@ -465,10 +466,11 @@ def expected_turn_window(
     first in it is served in ``slot_wait`` (:func:`expected_slot_wait`), the last once all of it
     has drained, ``waiting / slots_per_second``, but never later than ``max(TURN_STRETCH *
     slot_wait, horizon)`` (``AdmissionState.horizon``). With no spawn ended lately (a hub's
-    first burst, a scale-up) the rate is taken as the ``pending`` spawns all ending about when
-    the first does, ``pending / slot_wait``: as fast as the queue could drain, so the window is
-    no later than needed, where the slot wait alone brought the whole queue back at once, to be
-    refused again (measured: docs/admission.md). Spreading the waiting users' Retry-After over
+    first burst, a scale-up) the rate is Little's law's: the ``pending`` spawns over what one
+    of them takes, at least ``oldest`` (how long the oldest pending spawn has run) plus
+    ``slot_wait``. Taken as all ending when the first does (``pending / slot_wait``), a hub's
+    first burst told its whole queue the same few seconds again and again while its loop
+    stalled (measured: docs/admission.md). Spreading the waiting users' Retry-After over
     the window brings them back a few at a time. Clients that ignore Retry-After only make the
     queue look longer. ValueError for negative or non-finite values.
     """
@@ -476,6 +478,7 @@ def expected_turn_window(
         "slot_wait": slot_wait,
         "waiting": waiting,
         "slots_per_second": slots_per_second,
+        "oldest": oldest,
         "horizon": horizon,
     }
     for name, value in values.items():
@@ -486,7 +489,7 @@ def expected_turn_window(
     slot_wait = float(slot_wait)
     rate = float(slots_per_second)
     if rate <= 0 and slot_wait > 0:
-        rate = pending / slot_wait
+        rate = pending / (oldest + slot_wait)
     if rate <= 0:
         return slot_wait, slot_wait
     cap = max(TURN_STRETCH * slot_wait, horizon)
