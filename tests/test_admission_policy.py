@@ -638,10 +638,31 @@ def test_turn_window_is_never_earlier_than_the_wait_for_a_slot() -> None:
     # A scale-up: no slot frees for two minutes, whatever the queue.
     assert expected_turn_window(120.0, waiting=30, slots_per_second=0.5, pending=64) == (
         120.0, 120.0)
-    # Nobody refused, or nothing pending nor finishing: the slot wait alone.
+    # Nobody refused, or nothing finishing soon: the slot wait alone.
     assert expected_turn_window(8.0, waiting=0, slots_per_second=2.0, pending=64) == (8.0, 8.0)
-    assert expected_turn_window(8.0, waiting=300, slots_per_second=0.0, pending=0) == (8.0, 8.0)
     assert expected_turn_window(0.0, waiting=300, slots_per_second=0.0, pending=64) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("waiting, slots_per_second", [(0, 0.0), (300, 0.0), (300, 2.0)])
+def test_with_nothing_pending_the_next_burst_is_spread_to_the_horizon(
+    waiting: float, slots_per_second: float
+) -> None:
+    """The next refusal will be one of a burst that filled the limit between two decisions
+    (2026-12-07 23:56, 500 at once: its first 436 refused were all told 23-38 s, the slot
+    wait of a hub that had measured nothing, and came back within 15 s of each other while
+    the loop stalled). Whatever the queue, it is told up to the horizon: JupyterHub's own
+    30-60 s when nothing is known; from the last spawns' duration on, once one is."""
+    window = expected_turn_window(30.0, waiting=waiting, slots_per_second=slots_per_second,
+                                  pending=0)
+    assert window == (30.0, 60.0)
+    assert retry_after_range(window[0], latest=window[1]) == (30, 60)
+    assert expected_turn_window(8.0, waiting=waiting, slots_per_second=slots_per_second,
+                                pending=0) == (8.0, 60.0)
+    assert expected_turn_window(8.0, waiting=waiting, slots_per_second=slots_per_second,
+                                pending=0, horizon=240.0) == (8.0, 240.0)
+    # A slot wait beyond the horizon is not cut.
+    assert expected_turn_window(90.0, waiting=waiting, slots_per_second=slots_per_second,
+                                pending=0) == (90.0, 90.0)
 
 
 def test_with_no_spawn_ended_lately_the_queue_drains_as_the_pending_spawns_end() -> None:

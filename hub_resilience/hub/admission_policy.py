@@ -470,7 +470,11 @@ def expected_turn_window(
     of them takes, at least ``oldest`` (how long the oldest pending spawn has run) plus
     ``slot_wait``. Taken as all ending when the first does (``pending / slot_wait``), a hub's
     first burst told its whole queue the same few seconds again and again while its loop
-    stalled (measured: docs/admission.md). Spreading the waiting users' Retry-After over
+    stalled (measured: docs/admission.md). With nothing pending, the next user refused is one
+    of a burst that filled the whole limit before the governor could look again, of a size
+    nobody knows yet: the window runs to the horizon (JupyterHub's own 30-60 s when nothing
+    has been measured either), where ``slot_wait`` alone brought a burst's first 436 refused
+    back within the same 15 s. Spreading the waiting users' Retry-After over
     the window brings them back a few at a time. Clients that ignore Retry-After only make the
     queue look longer. ValueError for negative or non-finite values.
     """
@@ -487,6 +491,8 @@ def expected_turn_window(
     if not _is_count(pending):
         raise ValueError(f"pending must be a whole number >= 0, got {pending!r}")
     slot_wait = float(slot_wait)
+    if pending == 0:
+        return slot_wait, float(max(slot_wait, horizon))
     rate = float(slots_per_second)
     if rate <= 0 and slot_wait > 0:
         rate = pending / (oldest + slot_wait)
