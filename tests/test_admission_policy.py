@@ -689,8 +689,8 @@ def test_a_first_burst_is_told_its_turns_over_a_minute_not_the_same_few_seconds(
     """A hub's first burst (2026-12-07, 300 at once on Kubernetes, limit 64): no spawn had
     ended and the pending spawns were taken to end all together when the first did, so the
     ~240 refused were told 5-6 s, again and again, while the hub's loop stalled (its loop
-    interval p99 over the run 153 ms, against 83 ms at a static 64). Little's law spreads
-    them up to JupyterHub's own 60 s."""
+    interval p99 over the first 314 s 153 ms, against 83 ms at a static 64). Little's law
+    spreads them up to JupyterHub's own 60 s."""
     # 64 pending, the youngest 2 s in (overdue: expected in 1 s), the oldest 4 s in.
     before = expected_turn_window(1.0, waiting=240, slots_per_second=0.0, pending=64)
     now = expected_turn_window(1.0, waiting=240, slots_per_second=0.0, pending=64, oldest=4.0)

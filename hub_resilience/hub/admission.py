@@ -79,6 +79,10 @@ class PendingSpawn:
     waiting_for_node: bool
     spawner: Any
 
+    def age(self, now: float) -> float:
+        """Seconds it has run at ``now``; 0 for a spawn begun after ``now`` was read."""
+        return max(0.0, now - self.started)
+
 
 class SpawnTracker:
     """Which spawns were pending at the last look, so the next one learns which finished,
@@ -101,7 +105,7 @@ class SpawnTracker:
             if key in current:
                 continue
             finished += 1
-            self.durations.append(max(0.0, now - spawn.started))
+            self.durations.append(spawn.age(now))
             self._ended.append(now)
             if not getattr(spawn.spawner, "ready", False):
                 failed += 1
@@ -415,7 +419,7 @@ class AdmissionGovernor(LoggingConfigurable):
         policy: AdmissionSettings,
         signals: AdmissionSignals | None = None,
     ) -> None:
-        ages = [(max(0.0, now - p.started), p.waiting_for_node) for p in pending]
+        ages = [(p.age(now), p.waiting_for_node) for p in pending]
         slot_wait = expected_slot_wait(
             [age for age, waiting in ages if not waiting],
             list(tracker.durations),

@@ -473,7 +473,7 @@ def expected_turn_window(
     stalled (measured: docs/admission.md). With nothing pending, the next user refused is one
     of a burst that filled the whole limit before the governor could look again, of a size
     nobody knows yet: the window runs to the horizon (JupyterHub's own 30-60 s when nothing
-    has been measured either), where ``slot_wait`` alone brought a burst's first 436 refused
+    has been measured either), where ``slot_wait`` +- 25% brought a burst's first 436 refused
     back within the same 15 s. Spreading the waiting users' Retry-After over
     the window brings them back a few at a time. Clients that ignore Retry-After only make the
     queue look longer. ValueError for negative or non-finite values.
